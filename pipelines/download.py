@@ -1,0 +1,9 @@
+"""DVC stage `download`: Fetch the model (hub snapshot at model.revision, a local dir, or the built-in tiny model) and write its manifest.
+
+Run by `dvc repro` (see dvc.yaml); by hand: `python pipelines/download.py [params.yaml]`.
+"""
+from grpolab import stages
+from grpolab.cli import run_stage
+
+if __name__ == "__main__":
+    run_stage(stages.download)

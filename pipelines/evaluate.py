@@ -1,0 +1,9 @@
+"""DVC stage `evaluate`: Score the final model on the validation set (val.n samples per prompt).
+
+Run by `dvc repro` (see dvc.yaml); by hand: `python pipelines/evaluate.py [params.yaml]`.
+"""
+from grpolab import stages
+from grpolab.cli import run_stage
+
+if __name__ == "__main__":
+    run_stage(stages.evaluate)

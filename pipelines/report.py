@@ -1,0 +1,9 @@
+"""DVC stage `report`: Write reports/<date>-<exp_name>.md and reports/index.md from this run's records.
+
+Run by `dvc repro` (see dvc.yaml); by hand: `python pipelines/report.py [params.yaml]`.
+"""
+from grpolab import stages
+from grpolab.cli import run_stage
+
+if __name__ == "__main__":
+    run_stage(stages.write_report)

@@ -1,0 +1,9 @@
+"""DVC stage `train`: Run the configured GRPO training with dvclive, MLflow and W&B records.
+
+Run by `dvc repro` (see dvc.yaml); by hand: `python pipelines/train.py [params.yaml]`.
+"""
+from grpolab import stages
+from grpolab.cli import run_stage
+
+if __name__ == "__main__":
+    run_stage(stages.train)

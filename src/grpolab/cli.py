@@ -1,0 +1,130 @@
+"""`grpolab` command line (typer). Every command validates params before any expensive work.
+
+    grpolab params check [params.yaml]     derived values, or every bad key as `key: value — rule`
+    grpolab model download                 the download stage
+    grpolab data toy --out data/           toy arithmetic train/val sets (Archer/verl rows)
+    grpolab smoke | train | evaluate | report   the DVC stages, by hand
+    grpolab score rollouts.jsonl           re-score saved rollouts
+    grpolab demo --workdir demo/           a fresh git+DVC workspace running the whole pipeline on CPU
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import config
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split("\n")[0])
+params_app = typer.Typer(no_args_is_help=True, help="Validate and inspect params.yaml.")
+model_app = typer.Typer(no_args_is_help=True, help="Fetch or build models.")
+data_app = typer.Typer(no_args_is_help=True, help="Data sets.")
+app.add_typer(params_app, name="params")
+app.add_typer(model_app, name="model")
+app.add_typer(data_app, name="data")
+err = Console(stderr=True)
+
+ParamsFile = typer.Argument(Path("params.yaml"), help="params file to read")
+
+
+def load_or_exit(path: Path) -> config.Params:
+    try:
+        return config.load(path)
+    except config.ParamsError as exc:
+        err.print(f"[red]error[/]: {path}: {len(exc.errors)} invalid param(s):")
+        for e in exc.errors:
+            err.print(f"  {e}", markup=False, highlight=False)
+        raise typer.Exit(1)
+
+
+def run_stage(fn: Callable[[config.Params], object], argv: list[str] | None = None) -> None:
+    """Entry point of every `pipelines/<stage>.py`: validate params, run one function, exit cleanly."""
+    from .data import DataError
+    from .models import DownloadError
+    from .stages import StageFailed
+
+    argv = sys.argv[1:] if argv is None else argv
+    path = Path(argv[0]) if argv else Path("params.yaml")
+    try:
+        p = load_or_exit(path)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    try:
+        fn(p)
+    except (StageFailed, DownloadError, DataError) as exc:
+        err.print(f"[red]error[/]: {exc}", highlight=False)
+        sys.exit(1)
+
+
+@params_app.command("check")
+def params_check(path: Path = ParamsFile) -> None:
+    """Validate a params file; print derived values or every error."""
+    p = load_or_exit(path)
+    t = Table(title=f"{path}: valid — derived values")
+    t.add_column("derived")
+    t.add_column("value", justify="right")
+    for k, v in config.derived(p).items():
+        t.add_row(k, f"{v:,}" if isinstance(v, int) else f"{v:g}")
+    Console().print(t)
+
+
+@model_app.command("download")
+def model_download(path: Path = ParamsFile) -> None:
+    """Fetch `model.path` into `model.local_dir` and write the manifest."""
+    from . import stages
+
+    run_stage(stages.download, [str(path)])
+
+
+@data_app.command("toy")
+def data_toy(out: Path = typer.Option(Path("data"), help="output folder"),
+             train_size: int = 512, val_size: int = 64, seed: int = 0) -> None:
+    """Write a small arithmetic train/val set in the Archer/verl row format."""
+    from .data import write_toy
+
+    for f in write_toy(out, train_size, val_size, seed):
+        print(f)
+
+
+def _stage_command(name: str):
+    def cmd(path: Path = ParamsFile) -> None:
+        from . import stages
+
+        run_stage(getattr(stages, name), [str(path)])
+    cmd.__doc__ = f"Run the `{name}` stage by hand."
+    return cmd
+
+
+for _name, _fn in (("smoke", "smoke"), ("train", "train"), ("evaluate", "evaluate"), ("report", "write_report")):
+    app.command(_name)(_stage_command(_fn))
+
+
+@app.command("score")
+def score(path: Path = typer.Argument(..., help="JSONL rows with `response` and `ground_truth`"),
+          timeout: float = typer.Option(5.0, help="seconds per answer"),
+          workers: int = typer.Option(0, help="processes (0 = all cores)")) -> None:
+    """Re-score saved rollouts: each row is printed back with `score` and `reason`."""
+    from .scoring_cli import score_file
+
+    raise typer.Exit(score_file(path, sys.stdout, timeout_s=timeout, workers=workers))
+
+
+@app.command("demo")
+def demo(workdir: Path = typer.Option(Path("demo"), help="fresh workspace to create (git-ignored default)"),
+         force: bool = typer.Option(False, help="replace an existing demo workspace")) -> None:
+    """Run the whole pipeline on the tiny model in a fresh git + DVC workspace, then an experiment."""
+    from .demo import run_demo
+
+    raise typer.Exit(run_demo(workdir, force=force))
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

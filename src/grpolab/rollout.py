@@ -1,0 +1,82 @@
+"""Rollout engines behind one small interface: `generate(prompts, n, sampling) -> Rollout`.
+
+- `hf`: transformers `generate` on the training model itself (CPU, tests, small runs). Weights are
+  always current, so `sync_weights` is a no-op.
+- `vllm`: see `grpolab.rollout_vllm` (GPU only; imported lazily so CPU installs never need vLLM).
+
+A Rollout holds token ids, not strings, so the trainer scores exactly what was sampled.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Sampling:
+    n: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+
+
+@dataclass
+class Rollout:
+    prompt_ids: list[list[int]]  # one per response (a prompt repeated n times, group-contiguous)
+    response_ids: list[list[int]]  # sampled tokens, EOS included when it was sampled
+    group_index: torch.Tensor  # (N,) which prompt each response answers
+    truncated: torch.Tensor  # (N,) bool: hit max_new_tokens without EOS
+
+
+class HFEngine:
+    """Sampling with transformers `generate` on the live policy model."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 64):
+        self.model, self.tok, self.batch_size = model, tokenizer, batch_size
+
+    def sync_weights(self, model) -> None:  # same module object: nothing to push
+        self.model = model
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[list[int]], sampling: Sampling) -> Rollout:
+        was_training = self.model.training
+        self.model.eval()
+        eos, pad = self.tok.eos_token_id, self.tok.pad_token_id
+        out_prompts, out_resps, groups, trunc = [], [], [], []
+        per_call = max(1, self.batch_size // sampling.n)
+        dev = next(self.model.parameters()).device
+        for start in range(0, len(prompt_ids), per_call):
+            chunk = prompt_ids[start:start + per_call]
+            width = max(len(p) for p in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, p in enumerate(chunk):  # left padding
+                ids[i, width - len(p):] = torch.tensor(p)
+                mask[i, width - len(p):] = 1
+            seqs = self.model.generate(
+                input_ids=ids.to(dev), attention_mask=mask.to(dev), do_sample=True,
+                temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
+                max_new_tokens=sampling.max_new_tokens, num_return_sequences=sampling.n,
+                eos_token_id=eos, pad_token_id=pad, use_cache=True,
+            )  # (len(chunk)*n, width + new)
+            for j, row in enumerate(seqs[:, width:].tolist()):
+                g = start + j // sampling.n
+                resp = row[: row.index(eos) + 1] if eos in row else row
+                out_prompts.append(prompt_ids[g])
+                out_resps.append(resp)
+                groups.append(g)
+                trunc.append(eos not in row and len(resp) >= sampling.max_new_tokens)
+        if was_training:
+            self.model.train()
+        return Rollout(out_prompts, out_resps, torch.tensor(groups), torch.tensor(trunc))
+
+
+def make_engine(name: str, model, tokenizer, params=None):
+    if name == "hf":
+        return HFEngine(model, tokenizer)
+    if name == "vllm":
+        from .rollout_vllm import VLLMEngine  # GPU only
+
+        return VLLMEngine(model, tokenizer, params)
+    raise ValueError(f"rollout.engine: {name!r} — must be one of 'hf', 'vllm'")

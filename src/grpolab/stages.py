@@ -1,0 +1,205 @@
+"""One function per DVC stage; `pipelines/<stage>.py` validates params and calls exactly one of these.
+
+Every stage writes its results to the paths named in params.yaml (dvc.yaml reads the same keys with
+`${...}`), so no path is written twice.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from . import data, models
+from .config import Params
+from .tracking import Tracker
+
+console = Console(stderr=True)
+
+
+class StageFailed(RuntimeError):
+    """A stage check failed; the message says which and why (dvc repro stops here)."""
+
+
+def write_json(path: str | Path, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def download(p: Params) -> dict:
+    local = Path(p.model.local_dir)
+    console.print(f"[bold]download[/]: {p.model.path} -> {local}")
+    model_dir = models.fetch(p.model.path, p.model.revision, local, seed=p.model.seed)
+    manifest = models.write_manifest(model_dir, Path(p.model.manifest), p.model.path, p.model.revision)
+    console.print(f"  {len(manifest['files'])} files, manifest {p.model.manifest}")
+    return manifest
+
+
+def prepare_data(p: Params) -> list[Path]:
+    if p.data.source != "toy":
+        raise StageFailed(
+            f"data.source: {p.data.source!r} — only 'toy' is generated here; put Archer/verl rows in "
+            f"{p.data.train_files} / {p.data.val_files} and set data.source to their origin")
+    paths = data.write_toy(Path(p.data.dir), p.data.toy_train_size, p.data.toy_val_size, p.seed)
+    console.print(f"[bold]data[/]: wrote {', '.join(map(str, paths))}")
+    return paths
+
+
+def _progress() -> tuple[Progress, callable]:
+    prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=console)
+    task = prog.add_task("train", total=None, info="")
+
+    def update(step, total, m):
+        prog.update(task, completed=step, total=total,
+                    info=f"score {m.get('critic/score/mean', float('nan')):.3f} "
+                         f"entropy {m.get('actor/entropy', float('nan')):.3f} "
+                         f"len {m.get('response_length/mean', float('nan')):.0f}")
+    return prog, update
+
+
+def run_training(p: Params, stage: str, dvclive: bool) -> tuple[dict, "Tracker"]:
+    """Train with tracking; returns (summary, tracker). Used by the smoke and train stages."""
+    from .trainer import Trainer
+
+    tracker = Tracker(p, stage=stage, dvclive=dvclive)
+    ok = False
+    try:
+        prog, update = _progress()
+        trainer = Trainer(p, p.model.local_dir, log_fn=tracker.log, progress=update)
+        with prog:
+            res = trainer.fit()
+        ok = True
+    finally:
+        tracker.close(ok)
+    summary = {
+        "stage": stage, "exp_name": p.exp_name, "steps_done": res.steps_done,
+        "total_steps": trainer.total_steps(), "history": res.history, "val": res.val,
+        "final_dir": str(res.final_dir), "tracking": tracker.ids(), "reached": tracker.reached,
+        "device": str(trainer.device), "skipped_rows": trainer.skipped,
+    }
+    return summary, tracker
+
+
+def device_memory_gb(p: Params, device: str) -> float:
+    if p.smoke.device_memory_gb:
+        return p.smoke.device_memory_gb
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_properties(0).total_memory / 2**30
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
+def smoke_checks(p: Params, summary: dict) -> dict:
+    """The smoke stage's checks, each {value, pass, rule}; written as DVC metrics."""
+    steps = summary["steps_done"]
+    gns = [h.get("actor/grad_norm", float("nan")) for h in summary["history"]]
+    peak = max((h.get("perf/max_memory_allocated_gb", 0.0) for h in summary["history"]), default=0.0)
+    mem = device_memory_gb(p, summary["device"])
+    want = {"mlflow"} if p.tracking.mlflow else set()
+    want |= {"wandb"} if p.tracking.wandb else set()
+    checks = {
+        "steps_completed": {"value": steps, "pass": steps == p.trainer.total_training_steps,
+                            "rule": f"== {p.trainer.total_training_steps}"},
+        "grad_norm": {"value": gns, "pass": bool(gns) and all(
+            math.isfinite(g) and 0 < g <= p.smoke.max_grad_norm for g in gns),
+            "rule": f"finite, 0 < g <= {p.smoke.max_grad_norm}"},
+        "peak_memory_gb": {"value": round(peak, 3), "device_gb": round(mem, 1),
+                           "pass": peak < 0.95 * mem, "rule": "< 95% of device memory"},
+        "tracking_reached": {"value": sorted(summary["reached"]), "pass": want <= set(summary["reached"]),
+                             "rule": f"includes {sorted(want)}"},
+    }
+    return checks
+
+
+def smoke(p: Params) -> dict:
+    sp = p.with_smoke()
+    out = Path(sp.trainer.output_dir)
+    console.print(f"[bold]smoke[/]: {sp.trainer.total_training_steps} steps, {sp.train_prompt_bsz} prompts "
+                  f"x {sp.n_resp_per_prompt}, response <= {sp.max_response_length} tokens")
+    summary, _ = run_training(sp, stage="smoke", dvclive=False)
+    checks = smoke_checks(sp, summary)
+    summary["checks"] = checks
+    write_json(out / "summary.json", summary)
+    metrics = {"steps_completed": checks["steps_completed"]["value"],
+               "peak_memory_gb": checks["peak_memory_gb"]["value"],
+               "passed": all(c["pass"] for c in checks.values())}
+    metrics.update({f"grad_norm_step{i + 1}": g for i, g in enumerate(checks["grad_norm"]["value"])})
+    write_json(out / "checks.json", metrics)
+    failed = [f"{k}: {c['value']} (rule {c['rule']})" for k, c in checks.items() if not c["pass"]]
+    if failed:
+        raise StageFailed("smoke test failed:\n  " + "\n  ".join(failed))
+    console.print("[green]smoke passed[/]: " + ", ".join(f"{k}={c['value']}" for k, c in checks.items()))
+    return summary
+
+
+def train(p: Params) -> dict:
+    out = Path(p.trainer.output_dir)
+    summary, tracker = run_training(p, stage="train", dvclive=True)
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def evaluate(p: Params) -> dict:
+    """Score the final model on the validation set (val.n samples per prompt)."""
+    from .trainer import Trainer
+
+    final = Path(p.trainer.output_dir) / "final"
+    if not final.exists():
+        raise StageFailed(f"no trained model at {final}: run the train stage first")
+    trainer = Trainer(p, final)
+    try:
+        metrics = trainer.validate()
+    finally:
+        trainer.scorer.close()
+    metrics = {k: v for k, v in metrics.items() if not k.startswith("timing")}
+    write_json(Path(p.val.output_dir) / "metrics.json", metrics)
+    console.print(f"[bold]evaluate[/]: {metrics}")
+    return metrics
+
+
+def clean_dir(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+
+
+def write_report(p: Params) -> Path:
+    """Write this experiment's delivery report and refresh the index; attach it to the MLflow run."""
+    from . import gitmeta, report
+
+    root = Path.cwd()
+    path = report.write(p, root, Path(p.tracking.reports_dir))
+    console.print(f"[bold]report[/]: {path}")
+    attach_report(p, path, gitmeta.project_root())
+    return path
+
+
+def attach_report(p: Params, path: Path, root: Path) -> None:
+    """Make the report the train run's MLflow description and store it (and params) as artifacts."""
+    summary = json.loads((Path(p.trainer.output_dir) / "summary.json").read_text()) \
+        if (Path(p.trainer.output_dir) / "summary.json").exists() else {}
+    run_id = summary.get("tracking", {}).get("mlflow_run_id")
+    if not (p.tracking.mlflow and run_id):
+        return
+    try:
+        from mlflow.tracking import MlflowClient
+
+        from .tracking import mlflow_uri
+
+        client = MlflowClient(mlflow_uri(p, root))
+        client.set_tag(run_id, "mlflow.note.content", path.read_text())
+        for f in (path, Path("params.yaml"), Path("dvc.lock")):
+            if f.exists():
+                client.log_artifact(run_id, str(f))
+    except Exception as exc:  # the report itself is written; the record is best effort
+        console.print(f"[yellow]warning[/]: report not attached to MLflow run {run_id}: {exc}")

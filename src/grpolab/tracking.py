@@ -1,0 +1,142 @@
+"""One `log(metrics, step)` facade over dvclive, MLflow and W&B.
+
+- dvclive: `dvc exp show` / `dvc plots show` read `<tracking.dvclive_dir>/` (declared in dvc.yaml).
+- MLflow: a SQLite store at the repository root (`sqlite:///<root>/mlflow.db`, root found via
+  `DVC_ROOT`, never inside DVC's temporary workspaces) unless `tracking.mlflow_tracking_uri` is set.
+  MLflow forbids `@` in metric names, so `acc/mean@4` is logged there as `acc/mean_at_4`.
+- W&B: online when `WANDB_API_KEY` is set (or `tracking.wandb_key_file` names a file holding it),
+  offline otherwise; off with `tracking.wandb: false`. The key is never written anywhere by us.
+
+Every backend gets the same params (flattened `a.b` names) and git/DVC tags (`grpolab.gitmeta`).
+A backend that fails to start is reported and skipped; training goes on.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from . import gitmeta
+from .config import Params, flatten_params
+
+
+def mlflow_uri(p: Params, root: Path) -> str:
+    return p.tracking.mlflow_tracking_uri or f"sqlite:///{root / 'mlflow.db'}"
+
+
+def mlflow_key(k: str) -> str:
+    return k.replace("@", "_at_")
+
+
+def warn(msg: str) -> None:
+    print(f"[grpolab] warning: {msg}", file=sys.stderr)
+
+
+class Tracker:
+    """Open the enabled backends for one stage of one experiment."""
+
+    def __init__(self, p: Params, stage: str, root: Path | None = None, dvclive: bool = True):
+        self.p, self.stage = p, stage
+        self.root = root or gitmeta.project_root()
+        self.tags = gitmeta.run_tags(self.root if not os.environ.get("DVC_ROOT") else os.getcwd())
+        self.tags.update({"grpolab.stage": stage, "grpolab.exp_name": p.exp_name})
+        exp = self.tags.get("dvc.exp_name") or ""
+        self.run_name = f"{p.exp_name}-{exp}-{stage}" if exp else f"{p.exp_name}-{stage}"
+        self.params = flatten_params(p.model_dump(mode="json"))
+        self.live = self.mlflow_run = self.wandb_run = None
+        self.reached: dict[str, str] = {}  # backend -> where to open it
+        if dvclive:
+            self._open_dvclive()
+        if p.tracking.mlflow:
+            self._open_mlflow()
+        if p.tracking.wandb:
+            self._open_wandb()
+
+    def _open_dvclive(self) -> None:
+        from dvclive import Live
+
+        self.live = Live(self.p.tracking.dvclive_dir, save_dvc_exp=False, dvcyaml=False)
+        self.live.log_params(self.params)
+        self.reached["dvclive"] = self.p.tracking.dvclive_dir
+
+    def _open_mlflow(self) -> None:
+        try:
+            import mlflow
+
+            uri = mlflow_uri(self.p, self.root)
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_experiment(self.p.project_name)
+            self.mlflow_run = mlflow.start_run(run_name=self.run_name, tags=self.tags)
+            items = list(self.params.items())
+            for i in range(0, len(items), 90):
+                mlflow.log_params({k: str(v)[:6000] for k, v in items[i:i + 90]})
+            self.reached["mlflow"] = f"{uri} run {self.mlflow_run.info.run_id}"
+        except Exception as exc:
+            warn(f"MLflow not recording ({type(exc).__name__}: {exc})")
+            self.mlflow_run = None
+
+    def _open_wandb(self) -> None:
+        key = os.environ.get("WANDB_API_KEY", "")
+        kf = self.p.tracking.wandb_key_file
+        if not key and kf and Path(kf).expanduser().exists():
+            key = Path(kf).expanduser().read_text().strip()
+        try:
+            import wandb
+
+            mode = "online" if key else "offline"
+            settings = wandb.Settings(silent=True, api_key=key) if key else wandb.Settings(silent=True)
+            self.wandb_run = wandb.init(
+                project=self.p.project_name, name=self.run_name, config=self.params, mode=mode,
+                dir=str(self.root), settings=settings, tags=[self.stage],
+                notes=self.p.request or None,
+            )
+            self.wandb_run.summary.update({k: v for k, v in self.tags.items()})
+            self.reached["wandb"] = f"{mode} {self.wandb_run.id}"
+        except Exception as exc:
+            warn(f"W&B not recording ({type(exc).__name__}: {str(exc).splitlines()[0]})")
+            self.wandb_run = None
+
+    def log(self, metrics: dict, step: int) -> None:
+        metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        if self.live is not None:
+            self.live.step = step
+            for k, v in metrics.items():
+                self.live.log_metric(k, v)
+            self.live.next_step()
+        if self.mlflow_run is not None:
+            import mlflow
+
+            try:
+                mlflow.log_metrics({mlflow_key(k): v for k, v in metrics.items()}, step=step)
+            except Exception as exc:
+                warn(f"MLflow log failed at step {step}: {exc}")
+        if self.wandb_run is not None:
+            self.wandb_run.log(metrics, step=step)
+
+    def log_artifact(self, path: str | Path) -> None:
+        if self.mlflow_run is not None and Path(path).exists():
+            import mlflow
+
+            try:
+                mlflow.log_artifact(str(path))
+            except Exception as exc:
+                warn(f"MLflow artifact {path} not stored: {exc}")
+
+    def ids(self) -> dict[str, str]:
+        out = {"run_name": self.run_name}
+        if self.mlflow_run is not None:
+            out["mlflow_run_id"] = self.mlflow_run.info.run_id
+            out["mlflow_uri"] = mlflow_uri(self.p, self.root)
+        if self.wandb_run is not None:
+            out["wandb_run_id"] = self.wandb_run.id
+        return out
+
+    def close(self, ok: bool = True) -> None:
+        if self.live is not None:
+            self.live.end()
+        if self.mlflow_run is not None:
+            import mlflow
+
+            mlflow.end_run(status="FINISHED" if ok else "FAILED")
+        if self.wandb_run is not None:
+            self.wandb_run.finish(exit_code=0 if ok else 1)
