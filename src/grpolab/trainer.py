@@ -129,8 +129,10 @@ class PromptSampler:
 
 
 class Trainer:
-    def __init__(self, p: Params, model_dir: str | Path, log_fn=None, progress=None):
+    def __init__(self, p: Params, model_dir: str | Path, log_fn=None, progress=None,
+                 advantage_sign: float = 1.0):
         self.p, self.log_fn, self.progress = p, log_fn or (lambda m, s: None), progress
+        self.advantage_sign = advantage_sign  # -1 only in the test proving the learning test can fail
         seed_everything(p.seed)
         self.device = pick_device(p.trainer.device)
         dtype = {"auto": None, "bfloat16": torch.bfloat16, "float32": torch.float32}[p.model.dtype]
@@ -195,7 +197,8 @@ class Trainer:
         metrics.update(group_metrics)
         if p.filter_groups:
             keep = keep_mask
-        adv = algo.grpo_advantages(scores, rollout.group_index, norm_by_std=p.norm_adv_by_std)
+        adv = self.advantage_sign * algo.grpo_advantages(scores, rollout.group_index,
+                                                          norm_by_std=p.norm_adv_by_std)
         batch = build_batch(rollout, self.tok.pad_token_id, self.device)
         # 4. old and reference log-probs
         t1 = time.perf_counter()
