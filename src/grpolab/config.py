@@ -67,6 +67,7 @@ class TrainerCfg(_Strict):
     save_freq: int = Field(10, ge=0)  # checkpoint every N steps (0 = only at the end)
     test_freq: int = Field(5, ge=0)  # validation every N steps (0 = only at the end)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    cpu_threads: int = Field(1, ge=0)  # torch threads on CPU (0 = torch default); 1 is fastest for tiny models
     ppo_micro_batch_size_per_gpu: int = Field(4, gt=0)  # sequences per forward/backward
     output_dir: str = "results/train"  # checkpoints and final model
     log_samples: int = Field(2, ge=0)  # responses printed per step for eyeballing

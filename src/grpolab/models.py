@@ -64,6 +64,8 @@ def build_tiny_model(out_dir: Path, seed: int = 0, warmup_steps: int = 150) -> P
 
     tok = build_tiny_tokenizer()
     torch.manual_seed(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 100k-parameter model: threading only adds overhead
     cfg = Qwen3Config(
         vocab_size=128, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
@@ -73,6 +75,7 @@ def build_tiny_model(out_dir: Path, seed: int = 0, warmup_steps: int = 150) -> P
     model = Qwen3ForCausalLM(cfg)
     if warmup_steps:
         _format_warmup(model, tok, seed, warmup_steps)
+    torch.set_num_threads(threads)
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -135,6 +135,8 @@ class Trainer:
         self.advantage_sign = advantage_sign  # -1 only in the test proving the learning test can fail
         seed_everything(p.seed)
         self.device = pick_device(p.trainer.device)
+        if self.device.type == "cpu" and p.trainer.cpu_threads:
+            torch.set_num_threads(p.trainer.cpu_threads)
         dtype = {"auto": None, "bfloat16": torch.bfloat16, "float32": torch.float32}[p.model.dtype]
         if dtype is None:
             dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32

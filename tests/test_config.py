@@ -1,0 +1,93 @@
+"""params validation: every bad value is named as `key: value — rule`, derived values are right."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from grpolab import config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_repo_params_are_the_seed_recipe():
+    p = config.load(ROOT / "params.yaml")
+    assert (p.model.path, p.n_gpus_per_node, p.train_prompt_bsz, p.n_resp_per_prompt) == (
+        "Qwen/Qwen3-0.6B-Base", 4, 64, 16)
+    assert (p.max_response_length, p.lr, p.ppo_epochs, p.kl_loss_coef, p.temperature) == (
+        32768, 1e-6, 3, 0.001, 1.0)
+    assert (p.kl_loss_type, p.clip_ratio_c, p.loss_agg_mode, p.val.n, p.val.temperature) == (
+        "low_var_kl", 3.0, "token-mean", 4, 0.6)
+
+
+def test_derived_values():
+    p = config.load(ROOT / "params.yaml")
+    d = config.derived(p)
+    assert d["max_token_len"] == 2048 + 32768
+    assert d["responses_per_step"] == 64 * 16
+    assert d["responses_per_gpu"] == 64 * 16 / 4
+    assert d["updates_per_step"] == 3 * (64 // 16)
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"temperature": 0}, "temperature"),
+    ({"temperature": -1.0}, "temperature"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"val": {"top_p": -0.1}}, "val.top_p"),
+    ({"train_prompt_bsz": 0}, "train_prompt_bsz"),
+    ({"n_resp_per_prompt": -4}, "n_resp_per_prompt"),
+    ({"lr": "fast"}, "lr"),
+    ({"ppo_epochs": 1.5}, "ppo_epochs"),
+    ({"temprature": 1.2}, "temprature"),
+    ({"model": {"pth": "x"}}, "model.pth"),
+    ({"kl_loss_type": "k9"}, "kl_loss_type"),
+    ({"loss_agg_mode": "mean"}, "loss_agg_mode"),
+    ({"clip_ratio_c": 1.0}, "clip_ratio_c"),
+    ({"train_prompt_bsz": 10, "train_prompt_mini_bsz": 4}, "train_prompt_mini_bsz"),
+    ({"train_prompt_mini_bsz": 6, "train_prompt_bsz": 12}, "train_prompt_mini_bsz"),  # 6 % 4 GPUs
+    ({"smoke": {"train_prompt_bsz": 3}}, "smoke.train_prompt_mini_bsz"),
+])
+def test_bad_value_is_named(raw, key):
+    with pytest.raises(config.ParamsError) as e:
+        config.validate(raw)
+    assert any(err.startswith(f"{key}: ") and " — " in err for err in e.value.errors), e.value.errors
+
+
+def test_every_broken_key_is_reported_at_once():
+    raw = {"temprature": 1, "temperature": -1, "top_p": 2, "lr": "abc",
+           "train_prompt_bsz": 10, "train_prompt_mini_bsz": 4}
+    with pytest.raises(config.ParamsError) as e:
+        config.validate(raw)
+    named = {err.split(":")[0] for err in e.value.errors}
+    assert {"temprature", "temperature", "top_p", "lr", "train_prompt_mini_bsz"} <= named
+
+
+def test_smoke_overrides_apply():
+    p = config.load(ROOT / "params.yaml").with_smoke()
+    assert p.trainer.total_training_steps == 2
+    assert p.train_prompt_bsz == 8 and p.max_response_length == 1024
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "grpolab.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_params_check_cli(tmp_path):
+    ok = _cli("params", "check", str(ROOT / "params.yaml"))
+    assert ok.returncode == 0 and "responses_per_step" in ok.stdout and "1,024" in ok.stdout
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump({"temperature": 0, "top_p": 3, "typo_key": 1}))
+    r = _cli("params", "check", str(bad))
+    assert r.returncode == 1
+    for key in ("temperature: 0", "top_p: 3", "typo_key: 1"):
+        assert key in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_stage_refuses_bad_params_before_work(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"temperature": -2}))
+    r = subprocess.run([sys.executable, str(ROOT / "pipelines" / "train.py")], cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "temperature: -2" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "results").exists()

@@ -1,0 +1,62 @@
+"""Archer/verl rows: reading JSON/parquet, refusing or skipping bad rows with their numbers."""
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from grpolab import data
+
+
+def _row(q="What is 1+1?", gt="2", src="toy/add"):
+    return {"data_source": src, "prompt": [{"role": "user", "content": q}],
+            "reward_model": {"style": "rule", "ground_truth": gt}}
+
+
+def test_toy_rows_are_correct_arithmetic(tmp_path):
+    train, val = data.write_toy(tmp_path, 50, 10, seed=3)
+    rows = json.loads(train.read_text())
+    assert len(rows) == 50 and len(json.loads(val.read_text())) == 10
+    for r in rows:
+        a, b = r["prompt"][0]["content"].removeprefix("What is ").rstrip("?").split("+")
+        assert int(r["reward_model"]["ground_truth"]) == int(a) + int(b)
+
+
+def test_parquet_and_json_read_the_same(tmp_path):
+    rows = [_row(), _row("What is 2+2?", "4")]
+    (tmp_path / "a.json").write_text(json.dumps(rows))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "a.parquet")
+    ex_json, _ = data.load_examples([str(tmp_path / "a.json")])
+    ex_pq, _ = data.load_examples([str(tmp_path / "a.parquet")])
+    assert [e.ground_truth for e in ex_json] == [e.ground_truth for e in ex_pq] == ["2", "4"]
+
+
+def test_bad_rows_are_refused_with_row_numbers(tmp_path):
+    rows = [_row(), {"prompt": [{"role": "user", "content": "q"}], "reward_model": {}},
+            _row(q=""), _row(q="x" * 500)]
+    f = tmp_path / "bad.json"
+    f.write_text(json.dumps(rows))
+    with pytest.raises(data.DataError) as e:
+        data.load_examples([str(f)], count_tokens=lambda m: len(m[0]["content"]), max_prompt_length=100)
+    msg = str(e.value)
+    assert "row 1: no reward_model.ground_truth" in msg
+    assert "row 2: empty prompt" in msg
+    assert "row 3: prompt has 500 tokens > max_prompt_length 100" in msg
+    assert "row 0" not in msg
+
+
+def test_bad_rows_skipped_and_counted(tmp_path):
+    rows = [_row(), _row(gt=""), _row(q="")]
+    f = tmp_path / "bad.json"
+    f.write_text(json.dumps(rows))
+    ex, skipped = data.load_examples([str(f)], skip_bad_rows=True)
+    assert len(ex) == 1
+    assert skipped == {"no reward_model.ground_truth": 1, "empty prompt": 1}
+
+
+def test_unreadable_files_are_named(tmp_path):
+    with pytest.raises(data.DataError, match="not found"):
+        data.read_rows(tmp_path / "nope.json")
+    (tmp_path / "x.csv").write_text("a,b")
+    with pytest.raises(data.DataError, match="unsupported format"):
+        data.read_rows(tmp_path / "x.csv")

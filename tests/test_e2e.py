@@ -1,0 +1,101 @@
+"""End to end: the real `grpolab demo` (git init, dvc repro, dvc exp run -S temperature=1.2) on the
+tiny model in a temporary directory; then the experiment table, the MLflow store and the reports."""
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from grpolab.demo import run_demo
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("e2e") / "ws"
+    os.environ.pop("WANDB_API_KEY", None)
+    assert run_demo(d) == 0
+    return d
+
+
+def _runs(exp_show: list) -> list[dict]:
+    """Flatten `dvc exp show --json` into rows of {name, params, metrics}."""
+    rows = []
+
+    def add(rev):
+        data = rev.get("data") or {}
+        params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
+        metrics = {k: v.get("data", {}) for k, v in (data.get("metrics") or {}).items()}
+        rows.append({"name": rev.get("name") or rev.get("rev"), "params": params, "metrics": metrics})
+
+    for base in exp_show:
+        if base.get("rev") == "workspace":
+            continue
+        add(base)
+        for exp in base.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                add(rev)
+    return rows
+
+
+def test_exp_show_lists_both_runs_with_metrics(demo_dir):
+    r = subprocess.run(["dvc", "exp", "show", "--json"], cwd=demo_dir, capture_output=True, text=True,
+                       env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    assert r.returncode == 0, r.stderr
+    rows = _runs(json.loads(r.stdout))
+    temps = sorted(row["params"]["temperature"] for row in rows)
+    assert temps == [1.0, 1.2], rows
+    for row in rows:
+        live = row["metrics"]["dvclive/metrics.json"]
+        assert 0.0 <= live["critic"]["score"]["mean"] <= 1.0
+        assert live["step"] == row["params"]["trainer"]["total_training_steps"]
+        assert row["metrics"]["results/smoke/checks.json"]["passed"] is True
+        assert "val-core/toy/add/acc/mean@2" in row["metrics"]["results/eval/metrics.json"]
+
+
+def test_mlflow_store_has_both_runs_with_git_tags(demo_dir):
+    db = demo_dir / "mlflow.db"
+    assert db.exists()
+    con = sqlite3.connect(db)
+    runs = con.execute("select run_uuid, name, status from runs").fetchall()
+    train_runs = [r for r in runs if r[1].endswith("-train")]
+    assert len(train_runs) == 2 and all(r[2] == "FINISHED" for r in train_runs), runs
+    commits = set()
+    for run_id, *_ in train_runs:
+        tags = dict(con.execute("select key, value from tags where run_uuid=?", (run_id,)))
+        assert re.fullmatch(r"[0-9a-f]{40}", tags["git.commit"])
+        assert tags["git.dirty"] in ("true", "false") and "git.branch" in tags
+        commits.add(tags["git.commit"])
+        n = con.execute("select count(distinct step) from metrics where run_uuid=? and key='critic/score/mean'",
+                        (run_id,)).fetchone()[0]
+        assert n == 20
+    exp_tags = [dict(con.execute("select key, value from tags where run_uuid=?", (r[0],))).get("dvc.exp_name")
+                for r in train_runs]
+    assert sum(bool(t) for t in exp_tags) == 1  # the `dvc exp run` one carries its experiment name
+
+
+def test_reports_have_every_section_from_real_numbers(demo_dir):
+    reports = sorted((demo_dir / "reports").glob("*.md"))
+    names = [r.name for r in reports]
+    assert "index.md" in names and len(reports) == 3, names
+    summary = json.loads((demo_dir / "results" / "train" / "summary.json").read_text())
+    for rep in (r for r in reports if r.name != "index.md"):
+        text = rep.read_text()
+        for section in ("| Request |", "| Delivery |", "| Scope |", "### Changes", "### Key Hyperparameters",
+                        "### Validation", "### Git", "### Notes"):
+            assert section in text, (rep.name, section)
+        assert "Pass - 2 steps completed" in text
+        assert "Training progress | 20/20 steps | Pass" in text
+    exp_report = next(r for r in reports if r.name != "index.md" and "-demo-tiny-qwen3-" in r.name)
+    text = exp_report.read_text()
+    assert re.search(r"\| `temperature` \| 1\.2 \| 1\.0 \| changed \|", text), text
+    assert summary["tracking"]["mlflow_run_id"] in text
+    final = summary["history"][-1]["critic/score/mean"]
+    assert f"{final:.4g}" in text
+    index = (demo_dir / "reports" / "index.md").read_text().splitlines()
+    assert sum(1 for line in index if line.startswith("- [")) == 2
