@@ -70,7 +70,8 @@ class TrainerCfg(_Strict):
     cpu_threads: int = Field(1, ge=0)  # torch threads on CPU (0 = torch default); 1 is fastest for tiny models
     ppo_micro_batch_size_per_gpu: int = Field(4, gt=0)  # sequences per forward/backward
     output_dir: str = "results/train"  # checkpoints and final model
-    log_samples: int = Field(2, ge=0)  # responses printed per step for eyeballing
+    log_samples: int = Field(2, ge=0)  # responses kept per step for eyeballing
+    save_final: bool = True  # write the final model (HF format) to <output_dir>/final
 
 
 class SmokeCfg(_Strict):
@@ -168,7 +169,7 @@ class Params(_Strict):
             max_response_length=s.max_response_length,
         )
         data["trainer"].update(total_training_steps=s.total_training_steps, output_dir=s.output_dir,
-                               save_freq=0, test_freq=0)
+                               save_freq=0, test_freq=0, save_final=False)
         return Params.model_validate(data)
 
 

@@ -45,12 +45,21 @@ def baseline_params(root: Path, rev: str) -> dict:
         return {}
 
 
-def changed_files(root: Path, rev: str) -> list[tuple[str, str, str]]:
-    """(path, change, why) for files changed against the baseline, incl. commits since it."""
+def output_paths(p: Params) -> tuple[str, ...]:
+    """What the pipeline itself writes: not "changes" a user made."""
+    dirs = [p.tracking.dvclive_dir, p.tracking.reports_dir, p.model.local_dir, p.data.dir,
+            p.trainer.output_dir, p.smoke.output_dir, p.val.output_dir, str(Path(p.model.manifest).parent)]
+    return ("dvc.lock",) + tuple(d.rstrip("/") + "/" for d in dirs)
+
+
+def changed_files(root: Path, rev: str, exclude: tuple[str, ...] = ()) -> list[tuple[str, str, str]]:
+    """(path, change, why) for files changed against the baseline, with the commits touching them."""
     rows = []
     status = {"A": "Added", "M": "Modified", "D": "Deleted", "R": "Renamed"}
     for line in _git(root, "diff", "--name-status", rev).splitlines():
         code, _, path = line.partition("\t")
+        if path == "dvc.lock" or path.startswith(tuple(e for e in exclude if e.endswith("/"))):
+            continue
         subjects = _git(root, "log", "--format=%s", "-3", f"{rev}..HEAD", "--", path)
         why = "; ".join(subjects.splitlines()) or "uncommitted change in the experiment"
         rows.append((path, status.get(code[:1], code), why))
@@ -58,7 +67,7 @@ def changed_files(root: Path, rev: str) -> list[tuple[str, str, str]]:
 
 
 def _fmt(v) -> str:
-    if isinstance(v, float):
+    if isinstance(v, float) and len(str(v)) > 8:
         return f"{v:.4g}"
     return str(v)
 
@@ -102,7 +111,10 @@ def build(p: Params, root: Path, date: str | None = None) -> str:
                                  "`dvc exp run -S 'request=...'`)"],
         ["Delivery", delivery], ["Scope", scope]])]
 
-    files = changed_files(root, rev)
+    files = changed_files(root, rev, output_paths(p))
+    if "params.yaml" in [f[0] for f in files]:
+        files = [(a, b, ", ".join(f"`{k}` {_fmt(o)} -> {_fmt(n)}" for k, (o, n) in changed.items()) or c)
+                 if a == "params.yaml" else (a, b, c) for a, b, c in files]
     s += ["", "### Changes", ""]
     s += [_table(["Path", "Change", "Why"], [[f"`{a}`", b, c] for a, b, c in files])
           if files else f"No files changed against the baseline `{rev}`."]

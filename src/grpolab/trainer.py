@@ -307,7 +307,8 @@ class Trainer:
             res.val = self.validate() if p.val.n else {}
             if res.val:
                 self.log_fn(res.val, self.step)
-            res.final_dir = self.save(out / "final")
+            if p.trainer.save_final:
+                res.final_dir = self.save(out / "final")
         finally:
             self.scorer.close()
         return res
