@@ -44,6 +44,7 @@ def load_or_exit(path: Path) -> config.Params:
 def run_stage(fn: Callable[[config.Params], object], argv: list[str] | None = None) -> None:
     """Entry point of every `pipelines/<stage>.py`: validate params, run one function, exit cleanly."""
     from .data import DataError
+    from .launch import LaunchError
     from .models import DownloadError
     from .stages import StageFailed
 
@@ -55,7 +56,7 @@ def run_stage(fn: Callable[[config.Params], object], argv: list[str] | None = No
         sys.exit(e.exit_code)
     try:
         fn(p)
-    except (StageFailed, DownloadError, DataError) as exc:
+    except (StageFailed, DownloadError, DataError, LaunchError) as exc:
         err.print(f"[red]error[/]: {exc}", highlight=False)
         sys.exit(1)
 

@@ -51,6 +51,8 @@ class RolloutCfg(_Strict):
     engine: Literal["hf", "vllm"] = "vllm"  # vllm for GPU runs; hf (transformers generate) for CPU/tests
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)  # vLLM KV-cache budget share
     enable_sleep_mode: bool = True  # vLLM frees its memory during the training phase
+    hf_prompts_per_call: int = Field(1, gt=0)  # hf engine: prompts per generate call; 1 seeds each
+    # prompt's group from (seed, step, prompt index), so rollouts do not depend on the world size
 
 
 class ValCfg(_Strict):
@@ -72,6 +74,12 @@ class TrainerCfg(_Strict):
     output_dir: str = "results/train"  # checkpoints and final model
     log_samples: int = Field(2, ge=0)  # responses kept per step for eyeballing
     save_final: bool = True  # write the final model (HF format) to <output_dir>/final
+    max_ckpt_to_keep: int = Field(3, gt=0)  # checkpoints kept under <output_dir>/checkpoints
+    resume_mode: Literal["auto", "disable"] = "auto"  # auto: continue from the latest valid checkpoint
+    export_hf: bool = False  # also write each kept checkpoint in Hugging Face format (<ckpt>/hf)
+    param_offload: bool = False  # FSDP2 CPU offload of parameters, grads and optimizer state
+    launcher: Literal["auto", "torchrun", "ray"] = "auto"  # auto: torchrun on one node, Ray for nnodes > 1
+    ray_address: str = ""  # Ray cluster address (else $RAY_ADDRESS, else a local Ray instance)
 
 
 class SmokeCfg(_Strict):
@@ -192,8 +200,7 @@ def batch_rule_errors(d: dict) -> list[str]:
     rule(lambda: d["train_prompt_bsz"] % d["train_prompt_mini_bsz"] and (
         f"train_prompt_mini_bsz: {d['train_prompt_mini_bsz']} — must divide train_prompt_bsz "
         f"({d['train_prompt_bsz']})"))
-    rule(lambda: (d["rollout"]["engine"] == "vllm" or d["trainer"]["device"] == "cuda")
-         and d["train_prompt_mini_bsz"] % world and (
+    rule(lambda: world > 1 and d["train_prompt_mini_bsz"] % world and (
         f"train_prompt_mini_bsz: {d['train_prompt_mini_bsz']} — must be divisible by "
         f"n_gpus_per_node*nnodes ({world}) so each rank gets whole prompt groups"))
     rule(lambda: sm["train_prompt_bsz"] % sm["train_prompt_mini_bsz"] and (

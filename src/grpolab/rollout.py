@@ -30,24 +30,34 @@ class Rollout:
 
 
 class HFEngine:
-    """Sampling with transformers `generate` on the live policy model."""
+    """Sampling with transformers `generate` on the live (FSDP2-sharded) policy model.
 
-    def __init__(self, model, tokenizer, batch_size: int = 64):
-        self.model, self.tok, self.batch_size = model, tokenizer, batch_size
+    With `seeds`, each call's sampling RNG is seeded, so a prompt's responses depend only on its
+    seed, not on which rank or batch it lands in. Under several ranks `synced_gpus` keeps every rank
+    stepping until all are done (FSDP all-gathers in every forward)."""
+
+    def __init__(self, model, tokenizer, prompts_per_call: int = 1):
+        self.model, self.tok, self.per_call = model, tokenizer, prompts_per_call
 
     def sync_weights(self, model) -> None:  # same module object: nothing to push
         self.model = model
 
     @torch.no_grad()
-    def generate(self, prompt_ids: list[list[int]], sampling: Sampling) -> Rollout:
+    def generate(self, prompt_ids: list[list[int]], sampling: Sampling,
+                 seeds: list[int] | None = None) -> Rollout:
+        import torch.distributed as dist
+
+        synced = dist.is_initialized() and dist.get_world_size() > 1
         was_training = self.model.training
         self.model.eval()
         eos, pad = self.tok.eos_token_id, self.tok.pad_token_id
         out_prompts, out_resps, groups, trunc = [], [], [], []
-        per_call = max(1, self.batch_size // sampling.n)
+        per_call = self.per_call
         dev = next(self.model.parameters()).device
         for start in range(0, len(prompt_ids), per_call):
             chunk = prompt_ids[start:start + per_call]
+            if seeds is not None:
+                torch.manual_seed(seeds[start])
             width = max(len(p) for p in chunk)
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
@@ -58,7 +68,7 @@ class HFEngine:
                 input_ids=ids.to(dev), attention_mask=mask.to(dev), do_sample=True,
                 temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
                 max_new_tokens=sampling.max_new_tokens, num_return_sequences=sampling.n,
-                eos_token_id=eos, pad_token_id=pad, use_cache=True,
+                eos_token_id=eos, pad_token_id=pad, use_cache=True, synced_gpus=synced,
             )  # (len(chunk)*n, width + new)
             for j, row in enumerate(seqs[:, width:].tolist()):
                 g = start + j // sampling.n
@@ -74,7 +84,7 @@ class HFEngine:
 
 def make_engine(name: str, model, tokenizer, params=None):
     if name == "hf":
-        return HFEngine(model, tokenizer)
+        return HFEngine(model, tokenizer, params.rollout.hf_prompts_per_call if params else 1)
     if name == "vllm":
         from .rollout_vllm import VLLMEngine  # GPU only
 

@@ -65,27 +65,57 @@ def _progress() -> tuple[Progress, callable]:
     return prog, update
 
 
-def run_training(p: Params, stage: str, dvclive: bool) -> tuple[dict, "Tracker"]:
-    """Train with tracking; returns (summary, tracker). Used by the smoke and train stages."""
+def params_fingerprint(p: Params) -> str:
+    """What a checkpoint must share with this run to be resumed (not request/tracking/smoke)."""
+    import hashlib
+
+    d = p.model_dump(mode="json")
+    for k in ("request", "tracking", "smoke", "val"):
+        d.pop(k, None)
+    d["trainer"] = {k: v for k, v in d["trainer"].items()
+                    if k not in ("total_training_steps", "total_epochs", "save_freq", "test_freq",
+                                 "max_ckpt_to_keep", "resume_mode", "export_hf", "log_samples")}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_training(p: Params, stage: str, dvclive: bool) -> dict:
+    """Train on this rank with tracking on rank 0; returns the summary (rank 0) or {}."""
     from .trainer import Trainer
 
-    tracker = Tracker(p, stage=stage, dvclive=dvclive)
+    trainer = Trainer(p, p.model.local_dir, warn=lambda m: console.print(f"[yellow]warning[/]: {m}"))
+    fp = params_fingerprint(p)
+    resumed = trainer.try_resume(fingerprint=fp)
+    tracker = None
+    if trainer.ctx.main:
+        if resumed:
+            console.print(f"[bold]resuming[/] from step {resumed} ({p.trainer.output_dir}/checkpoints)")
+        tracker = Tracker(p, stage=stage, dvclive=dvclive,
+                          resume=trainer.tracking_ids if resumed else None)
+        trainer.tracking_ids = tracker.ids()
+        trainer.log_fn = tracker.log
+    trainer.fingerprint = fp
     ok = False
     try:
-        prog, update = _progress()
-        trainer = Trainer(p, p.model.local_dir, log_fn=tracker.log, progress=update)
-        with prog:
+        if trainer.ctx.main:
+            prog, trainer.progress = _progress()
+            with prog:
+                res = trainer.fit()
+        else:
             res = trainer.fit()
         ok = True
     finally:
-        tracker.close(ok)
-    summary = {
+        if tracker is not None:
+            tracker.close(ok)
+    if not trainer.ctx.main:
+        return {}
+    return {
         "stage": stage, "exp_name": p.exp_name, "steps_done": res.steps_done,
-        "total_steps": trainer.total_steps(), "history": res.history, "val": res.val,
-        "final_dir": str(res.final_dir), "tracking": tracker.ids(), "reached": tracker.reached,
-        "device": str(trainer.device), "skipped_rows": trainer.skipped,
+        "total_steps": trainer.total_steps(), "resumed_from": res.resumed_from,
+        "history": res.history, "val": res.val, "final_dir": str(res.final_dir),
+        "tracking": tracker.ids(), "reached": tracker.reached, "device": str(trainer.device),
+        "world_size": trainer.ctx.world, "skipped_rows": trainer.skipped,
+        "samples": getattr(trainer, "samples", []),
     }
-    return summary, tracker
 
 
 def device_memory_gb(p: Params, device: str) -> float:
@@ -122,12 +152,29 @@ def smoke_checks(p: Params, summary: dict) -> dict:
     return checks
 
 
-def smoke(p: Params) -> dict:
+def smoke(p: Params) -> None:
+    """2 steps with the smoke overrides, on as many ranks as the recipe; fails on a failed check."""
+    from . import launch
+
     sp = p.with_smoke()
-    out = Path(sp.trainer.output_dir)
     console.print(f"[bold]smoke[/]: {sp.trainer.total_training_steps} steps, {sp.train_prompt_bsz} prompts "
-                  f"x {sp.n_resp_per_prompt}, response <= {sp.max_response_length} tokens")
-    summary, _ = run_training(sp, stage="smoke", dvclive=False)
+                  f"x {sp.n_resp_per_prompt}, response <= {sp.max_response_length} tokens, "
+                  f"{sp.world_size} rank(s)")
+    shutil.rmtree(Path(sp.trainer.output_dir) / "checkpoints", ignore_errors=True)
+    (Path(sp.trainer.output_dir) / "summary.json").unlink(missing_ok=True)
+    launch.run(sp, "smoke", smoke_body)
+    checks = json.loads((Path(sp.trainer.output_dir) / "summary.json").read_text())["checks"]
+    failed = [f"{k}: {c['value']} (rule {c['rule']})" for k, c in checks.items() if not c["pass"]]
+    if failed:
+        raise StageFailed("smoke test failed:\n  " + "\n  ".join(failed))
+    console.print("[green]smoke passed[/]: " + ", ".join(f"{k}={c['value']}" for k, c in checks.items()))
+
+
+def smoke_body(sp: Params) -> None:
+    out = Path(sp.trainer.output_dir)
+    summary = run_training(sp, stage="smoke", dvclive=False)
+    if not summary:
+        return
     checks = smoke_checks(sp, summary)
     summary["checks"] = checks
     write_json(out / "summary.json", summary)
@@ -136,18 +183,19 @@ def smoke(p: Params) -> dict:
                "passed": all(c["pass"] for c in checks.values())}
     metrics.update({f"grad_norm_step{i + 1}": g for i, g in enumerate(checks["grad_norm"]["value"])})
     write_json(out / "checks.json", metrics)
-    failed = [f"{k}: {c['value']} (rule {c['rule']})" for k, c in checks.items() if not c["pass"]]
-    if failed:
-        raise StageFailed("smoke test failed:\n  " + "\n  ".join(failed))
-    console.print("[green]smoke passed[/]: " + ", ".join(f"{k}={c['value']}" for k, c in checks.items()))
-    return summary
 
 
-def train(p: Params) -> dict:
-    out = Path(p.trainer.output_dir)
-    summary, tracker = run_training(p, stage="train", dvclive=True)
-    write_json(out / "summary.json", summary)
-    return summary
+def train(p: Params) -> None:
+    """The configured run on `n_gpus_per_node x nnodes` ranks; resumes from the latest checkpoint."""
+    from . import launch
+
+    launch.run(p, "train", train_body)
+
+
+def train_body(p: Params) -> None:
+    summary = run_training(p, stage="train", dvclive=True)
+    if summary:
+        write_json(Path(p.trainer.output_dir) / "summary.json", summary)
 
 
 def evaluate(p: Params) -> dict:
@@ -157,7 +205,8 @@ def evaluate(p: Params) -> dict:
     final = Path(p.trainer.output_dir) / "final"
     if not final.exists():
         raise StageFailed(f"no trained model at {final}: run the train stage first")
-    trainer = Trainer(p, final)
+    ep = p.model_copy(update={"kl_loss_coef": 0.0, "n_gpus_per_node": 1, "nnodes": 1})
+    trainer = Trainer(ep, final)
     try:
         metrics = trainer.validate()
     finally:
@@ -168,9 +217,6 @@ def evaluate(p: Params) -> dict:
     return metrics
 
 
-def clean_dir(path: Path) -> None:
-    if path.exists():
-        shutil.rmtree(path)
 
 
 def write_report(p: Params) -> Path:
@@ -203,3 +249,6 @@ def attach_report(p: Params, path: Path, root: Path) -> None:
                 client.log_artifact(run_id, str(f))
     except Exception as exc:  # the report itself is written; the record is best effort
         console.print(f"[yellow]warning[/]: report not attached to MLflow run {run_id}: {exc}")
+
+
+BODIES = {"smoke": smoke_body, "train": train_body}

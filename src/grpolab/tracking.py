@@ -12,6 +12,7 @@ A backend that fails to start is reported and skipped; training goes on.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -35,8 +36,12 @@ def warn(msg: str) -> None:
 class Tracker:
     """Open the enabled backends for one stage of one experiment."""
 
-    def __init__(self, p: Params, stage: str, root: Path | None = None, dvclive: bool = True):
-        self.p, self.stage = p, stage
+    def __init__(self, p: Params, stage: str, root: Path | None = None, dvclive: bool = True,
+                 resume: dict | None = None):
+        """`resume`: the ids of an interrupted run (from its checkpoint) to continue; steps each
+        backend already holds are not logged again."""
+        self.p, self.stage, self.resume = p, stage, resume or {}
+        self.done = {"dvclive": 0, "mlflow": 0, "wandb": 0}  # last step each backend already holds
         self.root = root or gitmeta.project_root()
         self.tags = gitmeta.run_tags(self.root if not os.environ.get("DVC_ROOT") else os.getcwd())
         self.tags.update({"grpolab.stage": stage, "grpolab.exp_name": p.exp_name})
@@ -55,7 +60,10 @@ class Tracker:
     def _open_dvclive(self) -> None:
         from dvclive import Live
 
-        self.live = Live(self.p.tracking.dvclive_dir, save_dvc_exp=False, dvcyaml=False)
+        d = Path(self.p.tracking.dvclive_dir)
+        if self.resume and (d / "metrics.json").exists():
+            self.done["dvclive"] = int(json.loads((d / "metrics.json").read_text()).get("step", 0))
+        self.live = Live(str(d), save_dvc_exp=False, dvcyaml=False, resume=bool(self.resume))
         self.live.log_params(self.params)
         self.reached["dvclive"] = self.p.tracking.dvclive_dir
 
@@ -66,7 +74,13 @@ class Tracker:
             uri = mlflow_uri(self.p, self.root)
             mlflow.set_tracking_uri(uri)
             mlflow.set_experiment(self.p.project_name)
-            self.mlflow_run = mlflow.start_run(run_name=self.run_name, tags=self.tags)
+            run_id = self.resume.get("mlflow_run_id")
+            if run_id:
+                self.mlflow_run = mlflow.start_run(run_id=run_id)
+                hist = mlflow.tracking.MlflowClient().get_metric_history(run_id, "critic/score/mean")
+                self.done["mlflow"] = max((m.step for m in hist), default=0)
+            else:
+                self.mlflow_run = mlflow.start_run(run_name=self.run_name, tags=self.tags)
             items = list(self.params.items())
             for i in range(0, len(items), 90):
                 mlflow.log_params({k: str(v)[:6000] for k, v in items[i:i + 90]})
@@ -85,8 +99,10 @@ class Tracker:
 
             mode = "online" if key else "offline"
             settings = wandb.Settings(silent=True, api_key=key) if key else wandb.Settings(silent=True)
+            wid = self.resume.get("wandb_run_id")
             self.wandb_run = wandb.init(
                 project=self.p.project_name, name=self.run_name, config=self.params, mode=mode,
+                id=wid, resume="allow" if wid else None,
                 dir=str(self.root), settings=settings, tags=[self.stage],
                 notes=self.p.request or None,
             )
@@ -98,19 +114,19 @@ class Tracker:
 
     def log(self, metrics: dict, step: int) -> None:
         metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        if self.live is not None:
+        if self.live is not None and step > self.done["dvclive"]:
             self.live.step = step
             for k, v in metrics.items():
                 self.live.log_metric(k, v)
             self.live.next_step()
-        if self.mlflow_run is not None:
+        if self.mlflow_run is not None and step > self.done["mlflow"]:
             import mlflow
 
             try:
                 mlflow.log_metrics({mlflow_key(k): v for k, v in metrics.items()}, step=step)
             except Exception as exc:
                 warn(f"MLflow log failed at step {step}: {exc}")
-        if self.wandb_run is not None:
+        if self.wandb_run is not None and step > self.done["wandb"]:
             self.wandb_run.log(metrics, step=step)
 
     def log_artifact(self, path: str | Path) -> None:

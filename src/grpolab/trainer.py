@@ -1,21 +1,25 @@
-"""The GRPO step loop (one process: CPU or one GPU). Reads top to bottom:
+"""The GRPO step loop, SPMD: every rank runs this same code (1 process, torchrun or Ray workers).
 
     for step:  prompts -> rollout (n responses each, sampled at `temperature`) -> reward
                -> GRPO advantages per prompt group -> old / ref log-probs
                -> ppo_epochs x mini-batches of (policy loss + KL loss - entropy bonus) updates
                -> metrics -> checkpoint every save_freq -> validation every test_freq
 
-All algorithm math is in `grpolab.algo` (pure functions); the reward in `grpolab.reward`. Metric
-names follow verl (see `grpolab.metrics` for the glossary).
+Training uses FSDP2 (`fully_shard` per decoder layer, then the root), bf16 compute with fp32 master
+weights on GPU, fp32 on CPU. Each step's prompts are split over ranks mini-batch by mini-batch, a
+prompt's whole group on one rank, so rank r of W holds the same prompts of every global mini-batch
+whatever W is. Losses are scaled by global token (or sequence) counts, so the gradient equals the
+single-process one. All algorithm math is in `grpolab.algo`; the reward in `grpolab.reward`.
 
-Departures from verl: one process here (the multi-GPU launch wraps this same loop); the learning rate
-schedule is verl's constant-with-linear-warmup, stepped once per training step.
+Departures from verl: the learning-rate schedule is constant with linear warmup, stepped once per
+training step; the `hf` engine samples each prompt's group from its own seed (reproducible across
+world sizes and resumes).
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -23,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from . import algo, data, models
+from . import algo, checkpoint, data, dist, models
 from .config import Params
 from .reward import RewardScorer, reward_metrics
 from .rollout import Sampling, make_engine
@@ -32,22 +36,18 @@ from .rollout import Sampling, make_engine
 @dataclass
 class TrainResult:
     steps_done: int
-    history: list[dict] = field(default_factory=list)  # one metrics dict per step
+    history: list[dict] = field(default_factory=list)  # one metrics dict per step (all steps)
     val: dict = field(default_factory=dict)  # last validation metrics
     final_dir: Path | None = None
+    resumed_from: int = 0
 
 
-def pick_device(name: str) -> torch.device:
+def device_kind(name: str) -> str:
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("trainer.device: 'cuda' — no CUDA device is visible")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
+    return name
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -59,7 +59,7 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
 
 
-def build_batch(rollout, pad_id: int, device) -> dict[str, torch.Tensor]:
+def build_batch(rollout, pad_id: int, device) -> dict:
     """Pack prompt (left-padded) + response (right-padded) into one (N, P+R) tensor."""
     P = max(len(p) for p in rollout.prompt_ids)
     R = max(1, max(len(r) for r in rollout.response_ids))
@@ -110,8 +110,18 @@ def loss_config(p: Params) -> algo.LossConfig:
     )
 
 
+def rank_prompts(batch_idx: list[int], mini: int, rank: int, world: int) -> list[int]:
+    """This rank's share of a step's prompts: its slice of every global mini-batch, in order."""
+    per = mini // world
+    return [batch_idx[m + rank * per + j] for m in range(0, len(batch_idx), mini) for j in range(per)]
+
+
+def prompt_seed(seed: int, step: int, position: int) -> int:
+    return (seed * 1_000_003 + step * 10_007 + position) % (2**63)
+
+
 class PromptSampler:
-    """Epoch-wise shuffled prompt order, deterministic from the seed; position is resumable."""
+    """Epoch-wise shuffled prompt order, deterministic from the seed; `pos` is the resumable state."""
 
     def __init__(self, n: int, seed: int, shuffle: bool):
         self.n, self.seed, self.shuffle, self.pos = n, seed, shuffle, 0
@@ -130,25 +140,26 @@ class PromptSampler:
 
 class Trainer:
     def __init__(self, p: Params, model_dir: str | Path, log_fn=None, progress=None,
-                 advantage_sign: float = 1.0):
-        self.p, self.log_fn, self.progress = p, log_fn or (lambda m, s: None), progress
+                 advantage_sign: float = 1.0, warn=print):
+        self.p, self.log_fn, self.progress, self.warn = p, log_fn, progress, warn
         self.advantage_sign = advantage_sign  # -1 only in the test proving the learning test can fail
-        seed_everything(p.seed)
-        self.device = pick_device(p.trainer.device)
+        self.ctx = dist.init(device_kind(p.trainer.device))
+        self.device = self.ctx.device
         if self.device.type == "cpu" and p.trainer.cpu_threads:
             torch.set_num_threads(p.trainer.cpu_threads)
-        dtype = {"auto": None, "bfloat16": torch.bfloat16, "float32": torch.float32}[p.model.dtype]
-        if dtype is None:
-            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.model, self.tok = models.load(model_dir, dtype=dtype, device=self.device)
+        random.seed(p.seed)
+        torch.manual_seed(p.seed)
+        self.model, self.tok = models.load(model_dir, dtype=torch.float32, device=self.device)
         if p.model.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.ref = None
         if p.kl_loss_coef > 0:
-            self.ref = copy.deepcopy(self.model).eval().requires_grad_(False)
-        count = lambda msgs: len(self.encode_prompt(msgs))
-        kw = dict(count_tokens=count, max_prompt_length=p.max_prompt_length,
-                  skip_bad_rows=p.data.skip_bad_rows)
+            self.ref, _ = models.load(model_dir, dtype=torch.float32, device=self.device)
+            self.ref.eval().requires_grad_(False)
+            self.shard(self.ref)
+        self.shard(self.model)
+        kw = dict(count_tokens=lambda msgs: len(self.encode_prompt(msgs)),
+                  max_prompt_length=p.max_prompt_length, skip_bad_rows=p.data.skip_bad_rows)
         self.train_set, self.skipped = data.load_examples(p.data.train_files, **kw)
         self.val_set, _ = data.load_examples(p.data.val_files, **kw)
         if p.val.max_prompts:
@@ -157,10 +168,27 @@ class Trainer:
         warm = max(1, p.lr_warmup_steps)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm))
         self.engine = make_engine(p.rollout.engine, self.model, self.tok, p)
-        self.scorer = RewardScorer(num_workers=0, timeout_s=5.0)
+        workers = max(1, (os.cpu_count() or 1) // max(1, p.n_gpus_per_node))
+        self.scorer = RewardScorer(num_workers=workers, timeout_s=5.0)
         self.sampler = PromptSampler(len(self.train_set), p.seed, p.data.shuffle)
         self.loss_cfg = loss_config(p)
         self.step = 0
+        self.history: list[dict] = []
+        self.tracking_ids: dict = {}
+        self.fingerprint = ""
+
+    def shard(self, model) -> None:
+        """FSDP2: each decoder layer, then the root (embeddings, final norm, tied lm_head)."""
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+        kw = {}
+        if self.device.type == "cuda" and self.p.model.dtype != "float32":
+            kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if self.p.trainer.param_offload:
+            kw["offload_policy"] = CPUOffloadPolicy()
+        for layer in model.model.layers:
+            fully_shard(layer, **kw)
+        fully_shard(model, **kw)
 
     def encode_prompt(self, messages: list[dict]) -> list[int]:
         text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -176,12 +204,14 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------
     def train_step(self) -> dict:
-        p, t0 = self.p, time.perf_counter()
-        idx, epoch = self.sampler.take(p.train_prompt_bsz)
-        examples = [self.train_set[i] for i in idx]
-        # 1. rollout: n responses per prompt
+        p, ctx, t0 = self.p, self.ctx, time.perf_counter()
+        batch_idx, epoch = self.sampler.take(p.train_prompt_bsz)
+        positions = rank_prompts(list(range(len(batch_idx))), p.train_prompt_mini_bsz, ctx.rank, ctx.world)
+        examples = [self.train_set[batch_idx[i]] for i in positions]
+        # 1. rollout: n responses per prompt, each prompt's group seeded by its position in the step
+        seeds = [prompt_seed(p.seed, self.step, i) for i in positions]
         rollout = self.engine.generate(self.prompt_ids(examples), Sampling(
-            p.n_resp_per_prompt, p.temperature, p.top_p, p.max_response_length))
+            p.n_resp_per_prompt, p.temperature, p.top_p, p.max_response_length), seeds=seeds)
         t_gen = time.perf_counter() - t0
         # 2. reward
         texts = self.tok.batch_decode(rollout.response_ids, skip_special_tokens=True)
@@ -192,16 +222,14 @@ class Trainer:
         if p.overlong_buffer_len:
             scores = scores + algo.overlong_penalty(lengths, p.max_response_length,
                                                     p.overlong_buffer_len, p.overlong_penalty_factor)
-        # 3. advantages per prompt group (optionally dropping all-0 / all-1 groups)
-        metrics = {}
-        keep = torch.ones(len(scores), dtype=torch.bool)
-        keep_mask, group_metrics = algo.filter_groups(scores, rollout.group_index)
-        metrics.update(group_metrics)
-        if p.filter_groups:
-            keep = keep_mask
+        # 3. advantages per prompt group (a group lives on one rank); optionally drop all-0/all-1 groups
+        keep, metrics = algo.filter_groups(scores, rollout.group_index)
+        if not p.filter_groups:
+            keep = torch.ones_like(keep)
         adv = self.advantage_sign * algo.grpo_advantages(scores, rollout.group_index,
                                                           norm_by_std=p.norm_adv_by_std)
         batch = build_batch(rollout, self.tok.pad_token_id, self.device)
+        batch["response_mask"] *= keep.to(self.device).unsqueeze(-1).float()  # dropped groups: no loss
         # 4. old and reference log-probs
         t1 = time.perf_counter()
         micro = p.trainer.ppo_micro_batch_size_per_gpu
@@ -210,13 +238,12 @@ class Trainer:
         ref_logp = logp_all(self.ref, batch, p.temperature, micro) if self.ref is not None else None
         # 5. ppo_epochs x mini-batches of updates
         self.model.train()
-        upd = self.update(batch, old_logp, ref_logp, adv.to(self.device), keep, rollout.group_index)
+        metrics.update(self.update(batch, old_logp, ref_logp, adv.to(self.device), keep))
         self.sched.step()
         t_upd = time.perf_counter() - t1
-        # 6. metrics
+        # 6. metrics (local, then combined over ranks)
         dt = time.perf_counter() - t0
         n_tokens = int(batch["attention_mask"].sum())
-        metrics.update(upd)
         metrics.update({
             "critic/score/mean": scores.mean().item(), "critic/score/max": scores.max().item(),
             "critic/score/min": scores.min().item(), "critic/advantages/mean": adv.mean().item(),
@@ -228,68 +255,135 @@ class Trainer:
             "perf/max_memory_allocated_gb": peak_memory_gb(self.device),
         })
         metrics.update(reward_metrics(results))
-        self.last_samples = [(texts[i], gts[i], results[i].score) for i in range(min(len(texts),
-                                                                                      p.trainer.log_samples))]
-        return metrics
+        self.samples = [{"response": texts[i], "ground_truth": gts[i], "score": results[i].score}
+                        for i in range(min(len(texts), p.trainer.log_samples))]
+        return dist.reduce_metrics(metrics, self.device)
 
-    def update(self, batch, old_logp, ref_logp, adv, keep, group_index) -> dict:
-        p, micro = self.p, self.p.trainer.ppo_micro_batch_size_per_gpu
-        n = p.n_resp_per_prompt
-        per_mini = p.train_prompt_mini_bsz * n
-        rows = keep.nonzero().squeeze(-1).tolist()
+    def update(self, batch, old_logp, ref_logp, adv, keep) -> dict:
+        """ppo_epochs passes of mini-batch updates; losses scaled by global counts (see module doc)."""
+        p, ctx, micro = self.p, self.ctx, self.p.trainer.ppo_micro_batch_size_per_gpu
+        mask = batch["response_mask"]
+        per_mini = (p.train_prompt_mini_bsz // ctx.world) * p.n_resp_per_prompt
+        by_tokens = p.loss_agg_mode == "token-mean"
         stats, grad_norms = [], []
-        if not rows:
-            return {"actor/grad_norm": 0.0}
+        N = mask.shape[0]
         for _ in range(p.ppo_epochs):
-            for m0 in range(0, len(rows), per_mini):
-                mini = rows[m0:m0 + per_mini]
+            for m0 in range(0, N, per_mini):
+                rows = torch.arange(m0, min(m0 + per_mini, N), device=self.device)
+                local = float(mask[rows].sum()) if by_tokens else float(keep[rows.cpu()].sum())
+                total = dist.all_reduce_sum(local, self.device)
+                if total == 0:  # every group of this mini-batch dropped, on every rank
+                    continue
                 self.opt.zero_grad(set_to_none=True)
-                for s in range(0, len(mini), micro):
-                    idx = torch.tensor(mini[s:s + micro], device=self.device)
+                for s in range(0, len(rows), micro):
+                    idx = rows[s:s + micro]
                     logp, ent = forward_logp(self.model, batch, idx, p.temperature, True)
                     loss, st = algo.actor_loss(
                         logp, old_logp[idx], None if ref_logp is None else ref_logp[idx], adv[idx],
-                        batch["response_mask"][idx], ent, self.loss_cfg)
-                    (loss * len(idx) / len(mini)).backward()
+                        mask[idx], ent, self.loss_cfg)
+                    count = float(mask[idx].sum()) if by_tokens else float(len(idx))
+                    (loss * count / total * ctx.world).backward()  # FSDP averages over ranks
                     stats.append(st)
                 gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.grad_clip)
-                grad_norms.append(float(gn))
-                if math.isfinite(float(gn)):
+                gn = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)  # DTensor under FSDP2
+                grad_norms.append(gn)
+                if math.isfinite(gn):
                     self.opt.step()
-        out = mean_metrics(stats)
-        out["actor/grad_norm"] = sum(grad_norms) / len(grad_norms)
-        out["actor/grad_norm_max"] = max(grad_norms)
+        out = mean_metrics(stats) if stats else {}
+        out["actor/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else 0.0
+        out["actor/grad_norm_max"] = max(grad_norms, default=0.0)
         return out
 
     # ---------------------------------------------------------------------------------------------
     def validate(self) -> dict:
-        p = self.p
-        if not self.val_set:
+        """acc/mean@n per data source; prompts split over ranks (a dummy call evens the count)."""
+        p, ctx = self.p, self.ctx
+        if not self.val_set or not p.val.n:
             return {}
         t0 = time.perf_counter()
-        rollout = self.engine.generate(self.prompt_ids(self.val_set), Sampling(
-            p.val.n, p.val.temperature, p.val.top_p, p.max_response_length))
-        texts = self.tok.batch_decode(rollout.response_ids, skip_special_tokens=True)
-        ex = [self.val_set[g] for g in rollout.group_index.tolist()]
+        mine = list(range(ctx.rank, len(self.val_set), ctx.world))
+        per_rank = math.ceil(len(self.val_set) / ctx.world)
+        ids = self.prompt_ids([self.val_set[i] for i in mine])
+        ids += [self.encode_prompt(self.val_set[0].prompt)] * (per_rank - len(mine))
+        seeds = [prompt_seed(p.seed + 1, self.step, i) for i in range(ctx.rank, ctx.rank + per_rank * ctx.world, ctx.world)]
+        rollout = self.engine.generate(ids, Sampling(p.val.n, p.val.temperature, p.val.top_p,
+                                                     p.max_response_length), seeds=seeds)
+        real = [j for j, g in enumerate(rollout.group_index.tolist()) if g < len(mine)]
+        texts = self.tok.batch_decode([rollout.response_ids[j] for j in real], skip_special_tokens=True)
+        ex = [self.val_set[mine[rollout.group_index[j]]] for j in real]
         scores = [r.score for r in self.scorer.score(texts, [e.ground_truth for e in ex])]
-        by_src: dict[str, list[float]] = {}
+        sums: dict[str, list[float]] = {}
         for e, s in zip(ex, scores):
-            by_src.setdefault(e.data_source, []).append(s)
-        out = {f"val-core/{src}/acc/mean@{p.val.n}": sum(v) / len(v) for src, v in by_src.items()}
+            acc = sums.setdefault(e.data_source, [0.0, 0.0])
+            acc[0], acc[1] = acc[0] + s, acc[1] + 1
+        merged: dict[str, list[float]] = {}
+        for part in dist.gather_objects(sums):
+            for src, (s, n) in part.items():
+                acc = merged.setdefault(src, [0.0, 0.0])
+                acc[0], acc[1] = acc[0] + s, acc[1] + n
+        out = {f"val-core/{src}/acc/mean@{p.val.n}": s / n for src, (s, n) in merged.items()}
         out["timing_s/testing"] = time.perf_counter() - t0
         return out
 
-    def save(self, out_dir: Path) -> Path:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(out_dir)
-        self.tok.save_pretrained(out_dir)
-        (out_dir / "trainer_state.json").write_text(json.dumps({"step": self.step}) + "\n")
+    def export_hf(self, out_dir: Path) -> Path:
+        """Collective: gather full weights to rank 0 and write a `from_pretrained` folder."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.ctx.main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            self.model.save_pretrained(out_dir, state_dict=sd)
+            self.tok.save_pretrained(out_dir)
+            (out_dir / "trainer_state.json").write_text(json.dumps({"step": self.step}) + "\n")
+        dist.barrier()
         return out_dir
+
+    def save_checkpoint(self) -> Path:
+        p = self.p
+        root = Path(p.trainer.output_dir) / "checkpoints"
+        state = {"sampler_pos": self.sampler.pos, "scheduler": self.sched.state_dict(),
+                 "fingerprint": self.fingerprint,
+                 "world_size": self.ctx.world, "tracking": self.tracking_ids, "history": self.history}
+        ckpt = checkpoint.save(root, self.step, self.model, self.opt, state, p.trainer.max_ckpt_to_keep,
+                               self.ctx.rank)
+        if p.trainer.export_hf:
+            self.export_hf(ckpt / "hf")
+        return ckpt
+
+    def try_resume(self, fingerprint: str = "") -> int:
+        """resume_mode auto: restore the newest valid checkpoint; returns its step (0: fresh start).
+
+        A checkpoint written with other training params (another experiment) is not resumed."""
+        self.fingerprint = fingerprint
+        if self.p.trainer.resume_mode != "auto":
+            return 0
+        root = Path(self.p.trainer.output_dir) / "checkpoints"
+        found = checkpoint.find_valid(root, log=self.warn) if self.ctx.main else None
+        found = dist.broadcast_object(str(found) if found else "")
+        if not found:
+            return 0
+        state = checkpoint.read_state(Path(found))
+        if state.get("fingerprint") != fingerprint:
+            if self.ctx.main:
+                self.warn(f"{found} was written with other params; starting from step 0")
+            return 0
+        if state["world_size"] != self.ctx.world:
+            raise RuntimeError(
+                f"checkpoint {found} was written by {state['world_size']} ranks, this run has "
+                f"{self.ctx.world}: set n_gpus_per_node/nnodes back, or start over with "
+                f"`-S trainer.resume_mode=disable` (or delete {root})")
+        state = checkpoint.load(Path(found), self.model, self.opt, self.ctx.rank)
+        self.sched.load_state_dict(state["scheduler"])
+        self.sampler.pos = state["sampler_pos"]
+        self.step = state["step"]
+        self.history = state["history"]
+        self.tracking_ids = state.get("tracking", {})
+        return self.step
 
     def fit(self) -> TrainResult:
         p = self.p
         total = self.total_steps()
-        res = TrainResult(steps_done=0)
+        res = TrainResult(steps_done=0, resumed_from=self.step)
         out = Path(p.trainer.output_dir)
         try:
             while self.step < total:
@@ -297,18 +391,19 @@ class Trainer:
                 m = self.train_step()
                 if p.trainer.test_freq and self.step % p.trainer.test_freq == 0 and self.step < total:
                     m.update(self.validate())
-                self.log_fn(m, self.step)
-                res.history.append(m)
-                res.steps_done = self.step
+                self.history.append(m)
+                if self.log_fn:
+                    self.log_fn(m, self.step)
                 if self.progress:
                     self.progress(self.step, total, m)
                 if p.trainer.save_freq and self.step % p.trainer.save_freq == 0:
-                    self.save(out / "checkpoints" / f"global_step_{self.step}")
-            res.val = self.validate() if p.val.n else {}
-            if res.val:
+                    self.save_checkpoint()
+            res.val = self.validate()
+            if res.val and self.log_fn:
                 self.log_fn(res.val, self.step)
             if p.trainer.save_final:
-                res.final_dir = self.save(out / "final")
+                res.final_dir = self.export_hf(out / "final")
         finally:
             self.scorer.close()
+        res.steps_done, res.history = self.step, self.history
         return res

@@ -1,0 +1,134 @@
+"""Checkpoints that survive a kill: sharded model + optimizer (torch.distributed.checkpoint), LR
+schedule, data position, every rank's RNG state, tracking run ids and the step.
+
+Layout under `<output_dir>/checkpoints/`:
+
+    global_step_10/   __0_0.distcp ...  (DCP shards)   state.json   rng_rank{r}.pt   manifest.json
+    latest            text file naming the newest complete checkpoint
+
+A checkpoint is written into `global_step_N.tmp/`, every file is hashed into `manifest.json` last,
+then the folder is renamed and `latest` replaced atomically: a kill during a save leaves the previous
+checkpoint as "latest". On load, every file is checked against the manifest (size and sha256); a
+broken checkpoint is reported and the one before it used. The last `keep` checkpoints are kept.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+PREFIX = "global_step_"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def step_of(path: Path) -> int:
+    return int(path.name[len(PREFIX):])
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete-looking checkpoint folders, newest first (`.tmp` leftovers are ignored)."""
+    if not root.exists():
+        return []
+    dirs = [d for d in root.iterdir() if d.is_dir() and d.name.startswith(PREFIX)
+            and d.name[len(PREFIX):].isdigit()]
+    return sorted(dirs, key=step_of, reverse=True)
+
+
+def verify(path: Path) -> str | None:
+    """None when every file matches the manifest, else why not."""
+    man = path / "manifest.json"
+    if not man.exists():
+        return "no manifest.json (save did not finish)"
+    try:
+        files = json.loads(man.read_text())["files"]
+    except (json.JSONDecodeError, KeyError) as exc:
+        return f"unreadable manifest: {exc}"
+    for name, (size, digest) in files.items():
+        f = path / name
+        if not f.exists():
+            return f"missing {name}"
+        if f.stat().st_size != size:
+            return f"{name} has {f.stat().st_size} bytes, manifest says {size}"
+        if _sha256(f) != digest:
+            return f"{name} sha256 mismatch"
+    return None
+
+
+def rng_state() -> dict:
+    st = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state()
+    return st
+
+
+def set_rng_state(st: dict) -> None:
+    random.setstate(st["python"])
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state(st["cuda"])
+
+
+def save(root: Path, step: int, model, optimizer, state: dict, keep: int, rank: int) -> Path:
+    """Collective: every rank calls it. Returns the final checkpoint folder."""
+    final = root / f"{PREFIX}{step}"
+    tmp = root / f"{PREFIX}{step}.tmp"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    msd, osd = get_state_dict(model, optimizer)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp))
+    torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
+    dist.barrier()
+    if rank == 0:
+        (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1) + "\n")
+        files = {f.name: (f.stat().st_size, _sha256(f)) for f in sorted(tmp.iterdir()) if f.is_file()}
+        (tmp / "manifest.json").write_text(json.dumps({"files": files}, indent=1) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        latest = root / "latest.tmp"
+        latest.write_text(final.name + "\n")
+        os.replace(latest, root / "latest")
+        for old in list_checkpoints(root)[keep:]:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def find_valid(root: Path, log=print) -> Path | None:
+    """Newest checkpoint that verifies; broken ones are reported and skipped (rank 0 decides)."""
+    for ckpt in list_checkpoints(root):
+        why = verify(ckpt)
+        if why is None:
+            return ckpt
+        log(f"checkpoint {ckpt} is broken ({why}); trying the previous one")
+    return None
+
+
+def read_state(ckpt: Path) -> dict:
+    return json.loads((ckpt / "state.json").read_text())
+
+
+def load(ckpt: Path, model, optimizer, rank: int) -> dict:
+    """Collective: restore model, optimizer and this rank's RNG; returns state.json."""
+    msd, osd = get_state_dict(model, optimizer)
+    sd = {"model": msd, "optim": osd}
+    dcp.load(sd, checkpoint_id=str(ckpt))
+    set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+    set_rng_state(torch.load(ckpt / f"rng_rank{rank}.pt", weights_only=False))
+    return read_state(ckpt)
