@@ -26,7 +26,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Data sets.")
 app.add_typer(params_app, name="params")
 app.add_typer(model_app, name="model")
 app.add_typer(data_app, name="data")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 ParamsFile = typer.Argument(Path("params.yaml"), help="params file to read")
 
@@ -121,6 +121,67 @@ def demo(workdir: Path = typer.Option(Path("demo"), help="fresh workspace to cre
     from .demo import run_demo
 
     raise typer.Exit(run_demo(workdir, force=force))
+
+
+
+# --- grpolab compare / preflight (issue 5) --------------------------------------------------------
+@app.command("compare")
+def compare_cmd(
+        exps: Optional[list[str]] = typer.Argument(None, help="experiments (names, branches or revs); default: all of HEAD"),
+        metric: Optional[list[str]] = typer.Option(None, "--metric", "-m",
+                                                   help="metric to plot over steps (repeatable; default: "
+                                                        "critic/score/mean and actor/entropy)"),
+        out: Optional[Path] = typer.Option(None, help="output folder (default: <repo>/reports)"),
+        all_commits: bool = typer.Option(False, "--all-commits", "-A", help="also experiments of older commits"),
+        mlflow_uri: Optional[str] = typer.Option(None, help="MLflow store (default: the one params.yaml names)"),
+) -> None:
+    """Markdown table (params that differ, final/best metrics) + PNG curves of experiments."""
+    from .compare import CompareError, compare
+
+    try:
+        res = compare(Path.cwd(), exps or [], metric or None, out, all_commits, mlflow_uri)
+    except CompareError as exc:
+        err.print(f"[red]error[/]: {exc}", highlight=False)
+        raise typer.Exit(1)
+    print(res["table"])
+    err.print(f"wrote {res['report']}" + "".join(f", {p}" for p in res["plots"].values()), highlight=False)
+
+
+@app.command("preflight")
+def preflight_cmd(
+        path: Path = ParamsFile,
+        device_memory_gb: float = typer.Option(80.0, help="memory of one GPU (GB)"),
+        model_config: Optional[Path] = typer.Option(None, help="model config.json (default: <model.local_dir>/config.json)"),
+        as_json: bool = typer.Option(False, "--json", help="print the estimate as JSON"),
+) -> None:
+    """Per-GPU memory and tokens per step from params + config.json; exit 1 when it cannot fit."""
+    import json as _json
+
+    from . import preflight
+
+    p = load_or_exit(path)
+    try:
+        cfg, where = preflight.find_model_config(p, model_config)
+    except preflight.PreflightError as exc:
+        err.print(f"[red]error[/]: {exc}", highlight=False)
+        raise typer.Exit(2)
+    est = preflight.estimate(p, cfg, device_memory_gb)
+    if as_json:
+        print(_json.dumps(est, indent=1))
+    else:
+        t = Table(title=f"{path}: per-GPU estimate ({where})")
+        t.add_column("what")
+        t.add_column("estimate")
+        for k, v in preflight.summary_rows(est):
+            t.add_row(k, v)
+        Console().print(t)
+    if not est["fits"]:
+        err.print(f"[red]refused[/]: {path} cannot run on {device_memory_gb:g} GB GPUs: "
+                  + "; ".join(est["problems"]), highlight=False)
+        for s in preflight.what_fits(p, cfg, device_memory_gb):
+            err.print(f"  try: {s}", highlight=False, markup=False)
+        raise typer.Exit(1)
+    err.print(f"[green]fits[/]: {est['peak_gb']:.1f} of {device_memory_gb:g} GB per GPU", highlight=False)
 
 
 def main() -> None:  # pragma: no cover

@@ -20,7 +20,7 @@ import yaml
 from rich.console import Console
 
 MARKER = ".grpolab-demo"
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 # The recipe, shrunk to the tiny model, toy data and a 2-core CPU.
 DEMO_OVERRIDES = {

@@ -87,6 +87,7 @@ def run_ray(p: Params, stage: str, params_file: Path) -> int:
     except ImportError:
         raise LaunchError("the Ray launcher needs Ray: pip install 'grpolab[cluster]'") from None
     address = p.trainer.ray_address or os.environ.get("RAY_ADDRESS") or None
+    check_reachable(address)
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=True,
                  ignore_reinit_error=True, configure_logging=False,
@@ -112,6 +113,18 @@ def run_ray(p: Params, stage: str, params_file: Path) -> int:
         return max(rcs)
     finally:
         ray.shutdown()
+
+
+def check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Fail fast when a `host:port` Ray address does not answer (Ray itself retries for minutes)."""
+    if not address or address == "auto":
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as exc:
+        raise LaunchError(f"trainer.ray_address: {address!r} — no Ray cluster reachable ({exc})") from None
 
 
 def _cuda() -> bool:

@@ -1,23 +1,72 @@
-"""Pre-flight estimates from params and the model's config.json, before anything loads."""
+"""Pre-flight: will this recipe fit on the GPUs? Per-GPU memory and tokens per step, from params and
+the model's config.json alone (nothing is loaded), before a multi-hour job is queued.
+
+    grpolab preflight [params.yaml] [--device-memory-gb 80] [--model-config path/to/config.json]
+    # exit 0: fits (prints the estimate); exit 1: cannot fit (says what and what would)
+
+What is counted, per GPU, in bytes (N parameters, W = n_gpus_per_node x nnodes ranks, b = bytes per
+parameter: 2 for bf16, 4 for fp32; `model.dtype: auto` is bf16 on GPU, fp32 on CPU):
+
+    weights      N b / W               FSDP full sharding
+    grads        N b / W               reduce-scattered into the same shards
+    optimizer    2 N b / W             AdamW exp_avg + exp_avg_sq, in the parameter dtype (torch AdamW
+                                       on the loaded parameters; verl's fp32 master copy would be 12 N / W)
+    reference    N b / W               frozen copy for the KL loss (only when kl_loss_coef > 0)
+    fsdp gather  2 max(layer, embedding) b   one unit gathered + one prefetched (only when W > 1)
+    activations  T = ppo_micro_batch_size_per_gpu x (max_prompt_length + max_response_length) tokens
+                 per decoder layer and token, ACT_ELEMS = 6H + 4I + 6 q + 5 kv elements of b bytes
+                 (two RMSNorms with their fp32 upcast, q/k norms, RoPE, SDPA inputs/outputs, SwiGLU);
+                 without checkpointing L T ACT_ELEMS b; with it L T H b (saved layer inputs) + one
+                 layer recomputed, T ACT_ELEMS b
+    logits       T V b (lm_head over every position) + R V x LOGIT_FP32_BYTES (R = micro x
+                 max_response_length response tokens; fp32 temperature-scaled logits, log-softmax and
+                 the softmax kept for the entropy, and their gradients in backward): the trainer
+                 computes full-vocabulary log-probs, so with V = 151,936 this term dominates long
+                 responses
+    rollout      vllm: rollout.gpu_memory_utilization x device memory (vLLM's own weights + KV cache;
+                 KV tokens it holds = (budget - N x 2) / (2 L kv 2)); with sleep mode vLLM releases it
+                 during training, without it stays reserved. hf: the KV cache of one generate call
+                 (hf_prompts_per_call x n_resp_per_prompt sequences of max length)
+    overhead     OVERHEAD_GB: CUDA context, NCCL buffers and allocator fragmentation
+
+Phases: train = weights + grads + optimizer + reference + gather + activations + logits (+ vLLM budget
+without sleep mode); rollout = weights + optimizer + reference + rollout memory (trainer state moves to
+CPU with trainer.param_offload). Peak = the larger phase + overhead; the run fits when peak <= device
+memory. `allocated_gb` (the larger phase, no overhead) is what `perf/max_memory_allocated_gb` measures.
+
+Checked on one H100 (torch 2.11, transformers 5.17, SDPA, 2026-11-25): Qwen3-0.6B shape, random bf16
+weights, AdamW, the trainer's log-prob + entropy path, one forward/backward/step; peak allocated GiB:
+
+    micro x tokens   checkpointing   measured   estimate
+    4 x 1,536        yes             22.3       23.2  (+4%)
+    1 x 8,192        yes             36.4       36.1  (-1%)
+    1 x 16,384       yes             69.3       67.9  (-2%)
+    4 x 4,096        yes             41.5       43.5  (+5%)
+    2 x 2,048        no              25.0       25.4  (+2%)
+    8 x 512          no              20.4       21.4  (+5%)
+
+The full-vocabulary logits dominate: 24-30 bytes per response token per vocab entry were measured
+(LOGIT_FP32_BYTES = 28), so the recipe's 32,768-token responses need ~130 GB for one sequence.
+"""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+GIB = 2**30
+ACT_ELEMS = {"H": 6, "I": 4, "q": 6, "kv": 5}  # activation elements per token per layer (see above)
+LOGIT_FP32_BYTES = 28  # bytes per response token per vocab entry beyond the lm_head output (measured)
+OVERHEAD_GB = 1.0
+VLLM_WEIGHT_BYTES = 2  # vLLM serves bf16 weights
+
+
+class PreflightError(ValueError):
+    """No model config to estimate from (the message says where it looked and what to pass)."""
+
 
 def param_count_from_config(c: dict) -> int:
     """Parameters of a Qwen2/Qwen3-style decoder computed from its config (no weights read)."""
-    H, L, V, I = c["hidden_size"], c["num_hidden_layers"], c["vocab_size"], c["intermediate_size"]
-    nh, nkv = c["num_attention_heads"], c.get("num_key_value_heads", c["num_attention_heads"])
-    hd = c.get("head_dim") or H // nh
-    attn = H * nh * hd + 2 * H * nkv * hd + nh * hd * H
-    if c.get("attention_bias"):
-        attn += nh * hd + 2 * nkv * hd
-    if c.get("model_type") == "qwen3":
-        attn += 2 * hd  # q_norm, k_norm
-    layer = attn + 3 * H * I + 2 * H
-    emb = V * H * (1 if c.get("tie_word_embeddings") else 2)
-    return emb + L * layer + H
+    return shape(c)["params"]
 
 
 def param_count(model_dir: str | Path) -> int:
@@ -25,3 +74,179 @@ def param_count(model_dir: str | Path) -> int:
     if not cfg.exists():
         return 0
     return param_count_from_config(json.loads(cfg.read_text()))
+
+
+def shape(c: dict) -> dict:
+    """Sizes of a Qwen2/Qwen3-style decoder: hidden H, layers L, vocab V, MLP I, q/kv widths, params."""
+    H, L, V, I = c["hidden_size"], c["num_hidden_layers"], c["vocab_size"], c["intermediate_size"]
+    nh, nkv = c["num_attention_heads"], c.get("num_key_value_heads") or c["num_attention_heads"]
+    hd = c.get("head_dim") or H // nh
+    q, kv = nh * hd, nkv * hd
+    attn = H * q + 2 * H * kv + q * H
+    if c.get("attention_bias"):
+        attn += q + 2 * kv
+    if c.get("model_type") == "qwen3":
+        attn += 2 * hd  # q_norm, k_norm
+    layer = attn + 3 * H * I + 2 * H
+    emb = V * H
+    tied = bool(c.get("tie_word_embeddings"))
+    n = emb * (1 if tied else 2) + L * layer + H
+    return {"H": H, "L": L, "V": V, "I": I, "heads": nh, "kv_heads": nkv, "head_dim": hd, "q": q, "kv": kv,
+            "layer_params": layer, "embedding_params": emb, "tied": tied, "params": n}
+
+
+def find_model_config(p, model_config: str | Path | None = None) -> tuple[dict, str]:
+    """(config dict, where it came from): --model-config, else <model.local_dir>/config.json, else
+    model.path when it is a local directory."""
+    tries = [Path(model_config)] if model_config else [Path(p.model.local_dir), Path(p.model.path)]
+    for t in tries:
+        f = t / "config.json" if t.is_dir() else t
+        if f.is_file():
+            return json.loads(f.read_text()), str(f)
+    where = ", ".join(str(t) for t in tries)
+    raise PreflightError(f"no model config.json found (looked in: {where}); run the download stage "
+                         f"(`dvc repro download`) or pass --model-config path/to/config.json")
+
+
+def _param_bytes(p, device: str) -> int:
+    dt = p.model.dtype
+    if dt == "auto":
+        return 4 if device == "cpu" else 2
+    return 4 if dt == "float32" else 2
+
+
+def estimate(p, model_config: dict, device_memory_gb: float = 80.0, device: str = "cuda",
+             micro_batch: int | None = None, max_response_length: int | None = None) -> dict:
+    """Per-GPU memory (GiB) by component and phase, tokens per step, and whether it fits.
+
+    `p` is a validated `Params`; `micro_batch` / `max_response_length` override the params (used to
+    search for what would fit)."""
+    s = shape(model_config)
+    N, H, L, V, I, q, kv = s["params"], s["H"], s["L"], s["V"], s["I"], s["q"], s["kv"]
+    W = p.n_gpus_per_node * p.nnodes
+    b = _param_bytes(p, device)
+    micro = micro_batch or p.trainer.ppo_micro_batch_size_per_gpu
+    Lr = max_response_length or p.max_response_length
+    seq = p.max_prompt_length + Lr
+    T, R = micro * seq, micro * Lr
+    offload = bool(getattr(p.trainer, "param_offload", False))
+
+    act_elems = ACT_ELEMS["H"] * H + ACT_ELEMS["I"] * I + ACT_ELEMS["q"] * q + ACT_ELEMS["kv"] * kv
+    shard = 0 if offload else N * b / W
+    mem = {
+        "weights": shard,
+        "grads": shard,
+        "optimizer": 2 * shard,
+        "reference": shard if p.kl_loss_coef > 0 else 0.0,
+        "fsdp_gather": 2 * max(s["layer_params"], s["embedding_params"]) * b if (W > 1 or offload) else 0.0,
+        "activations_no_gc": L * T * act_elems * b,
+        "activations_gc": L * T * H * b + T * act_elems * b,
+        "logits": T * V * b + R * V * LOGIT_FP32_BYTES,
+    }
+    gc = p.model.gradient_checkpointing
+    mem["activations"] = mem["activations_gc" if gc else "activations_no_gc"]
+    kv_per_token = 2 * L * kv * b  # K and V of every layer
+    dev = device_memory_gb * GIB
+    engine = p.rollout.engine
+    if engine == "vllm":
+        mem["rollout"] = p.rollout.gpu_memory_utilization * dev
+        kv_budget = mem["rollout"] - N * VLLM_WEIGHT_BYTES
+        kv_tokens = max(0, int(kv_budget // (2 * L * kv * VLLM_WEIGHT_BYTES)))
+    else:
+        per_call = getattr(p.rollout, "hf_prompts_per_call", 1) * p.n_resp_per_prompt
+        mem["rollout"] = per_call * seq * kv_per_token
+        kv_budget, kv_tokens = mem["rollout"], per_call * seq
+    sleep = engine == "vllm" and p.rollout.enable_sleep_mode
+    train_phase = (mem["weights"] + mem["grads"] + mem["optimizer"] + mem["reference"] + mem["fsdp_gather"]
+                   + mem["activations"] + mem["logits"] + (0.0 if sleep or engine != "vllm" else mem["rollout"]))
+    rollout_phase = mem["weights"] + mem["optimizer"] + mem["reference"] + mem["rollout"]
+    peak = max(train_phase, rollout_phase) + OVERHEAD_GB * GIB
+
+    responses = p.train_prompt_bsz * p.n_resp_per_prompt
+    tokens = {
+        "per_sequence_max": seq,
+        "per_micro_batch": T,
+        "response_tokens_per_micro_batch": R,
+        "max_per_step": responses * seq,
+        "max_per_step_per_gpu": responses * seq / W,
+        "max_trained_per_step_per_gpu": responses * seq / W * p.ppo_epochs,
+        "micro_batches_per_step_per_gpu": -(-responses // W // micro) * p.ppo_epochs,
+        "kv_cache_tokens": kv_tokens,
+        "kv_cache_sequences": kv_tokens // seq if seq else 0,
+    }
+    out = {
+        "model": {**s, "params_per_gpu": N / W},
+        "world_size": W, "param_bytes": b, "device": device, "engine": engine, "sleep_mode": sleep,
+        "gradient_checkpointing": gc, "param_offload": offload, "micro_batch": micro,
+        "max_response_length": Lr,
+        "memory_gb": {k: v / GIB for k, v in mem.items()},
+        "kv_cache_budget_gb": kv_budget / GIB,
+        "phases_gb": {"train": train_phase / GIB, "rollout": rollout_phase / GIB},
+        "overhead_gb": OVERHEAD_GB,
+        "allocated_gb": max(train_phase, rollout_phase) / GIB,
+        "peak_gb": peak / GIB,
+        "device_memory_gb": device_memory_gb,
+        "headroom_gb": device_memory_gb - peak / GIB,
+        "tokens": tokens,
+    }
+    problems = []
+    if peak > dev:
+        phase = "train" if train_phase >= rollout_phase else "rollout"
+        problems.append(f"needs {peak / GIB:.1f} GB per GPU at its {phase} peak, more than the "
+                        f"{device_memory_gb:g} GB device")
+    if engine == "vllm" and kv_budget <= 0:
+        problems.append(f"rollout.gpu_memory_utilization {p.rollout.gpu_memory_utilization} x "
+                        f"{device_memory_gb:g} GB = {mem['rollout'] / GIB:.1f} GB cannot even hold vLLM's "
+                        f"{N * VLLM_WEIGHT_BYTES / GIB:.1f} GB of weights")
+    elif engine == "vllm" and kv_tokens < seq:
+        problems.append(f"vLLM's KV cache holds {kv_tokens:,} tokens, less than one {seq:,}-token sequence")
+    out["fits"] = not problems
+    out["problems"] = problems
+    return out
+
+
+def what_fits(p, model_config: dict, device_memory_gb: float = 80.0, device: str = "cuda") -> list[str]:
+    """Suggestions that would fit: a smaller micro-batch, else a shorter max_response_length."""
+    est = lambda **kw: estimate(p, model_config, device_memory_gb, device, **kw)  # noqa: E731
+    micro = p.trainer.ppo_micro_batch_size_per_gpu
+    for m in range(micro - 1, 0, -1):
+        if est(micro_batch=m)["fits"]:
+            return [f"ppo_micro_batch_size_per_gpu {m} fits: `dvc exp run -S trainer.ppo_micro_batch_size_per_gpu={m}`"]
+    lo, hi = 0, p.max_response_length
+    while hi - lo > 1:  # largest response cap that fits with micro-batch 1
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if est(micro_batch=1, max_response_length=mid)["fits"] else (lo, mid)
+    if lo >= 256:
+        cap = lo // 256 * 256
+        return [f"even micro-batch 1 needs more; max_response_length {cap} fits with micro-batch 1: "
+                f"`dvc exp run -S trainer.ppo_micro_batch_size_per_gpu=1 -S max_response_length={cap}` "
+                f"(or compute log-probs in chunks over the vocabulary)"]
+    return ["nothing smaller fits on this device: use more GPUs (`n_gpus_per_node`), "
+            "trainer.param_offload, or a larger device"]
+
+
+def summary_rows(est: dict) -> list[tuple[str, str]]:
+    """(what, value) rows for printing and reports."""
+    m, t = est["memory_gb"], est["tokens"]
+    gc = "with" if est["gradient_checkpointing"] else "without"
+    rows = [
+        ("model", f"{est['model']['params'] / 1e6:,.1f}M params, {est['model']['params_per_gpu'] / 1e6:,.1f}M "
+                  f"per GPU over {est['world_size']} ({est['param_bytes']} bytes each)"),
+        ("weights / grads / AdamW", f"{m['weights']:.2f} / {m['grads']:.2f} / {m['optimizer']:.2f} GB"),
+        ("reference model", f"{m['reference']:.2f} GB"),
+        ("FSDP gather buffers", f"{m['fsdp_gather']:.2f} GB"),
+        (f"activations ({gc} checkpointing)", f"{m['activations']:.2f} GB for {t['per_micro_batch']:,} tokens "
+                                             f"(with: {m['activations_gc']:.2f}, without: {m['activations_no_gc']:.2f})"),
+        ("logits (full vocabulary)", f"{m['logits']:.2f} GB"),
+        (f"rollout ({est['engine']})", f"{m['rollout']:.2f} GB; KV cache {est['kv_cache_budget_gb']:.2f} GB = "
+                                       f"{t['kv_cache_tokens']:,} tokens ({t['kv_cache_sequences']:,} full sequences)"
+                                       + (", released in training (sleep mode)" if est["sleep_mode"] else "")),
+        ("phase peaks", f"train {est['phases_gb']['train']:.2f} GB, rollout {est['phases_gb']['rollout']:.2f} GB "
+                        f"(+{est['overhead_gb']:g} GB overhead)"),
+        ("peak per GPU", f"{est['peak_gb']:.2f} GB of {est['device_memory_gb']:g} GB "
+                         f"({'fits' if est['fits'] else 'DOES NOT FIT'})"),
+        ("tokens per step", f"{t['max_per_step']:,} max ({t['max_per_step_per_gpu']:,.0f} per GPU; "
+                            f"{t['max_trained_per_step_per_gpu']:,.0f} trained per GPU over ppo_epochs, in "
+                            f"{t['micro_batches_per_step_per_gpu']:,} micro-batches)"),
+    ]
+    return rows

@@ -17,7 +17,7 @@ from . import data, models
 from .config import Params
 from .tracking import Tracker
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 class StageFailed(RuntimeError):
@@ -70,11 +70,10 @@ def params_fingerprint(p: Params) -> str:
     import hashlib
 
     d = p.model_dump(mode="json")
-    for k in ("request", "tracking", "smoke", "val"):
-        d.pop(k, None)
+    for k in ("request", "tracking", "smoke", "val", "n_gpus_per_node", "nnodes", "exp_name"):
+        d.pop(k, None)  # the world size is checked on its own, with advice
     d["trainer"] = {k: v for k, v in d["trainer"].items()
-                    if k not in ("total_training_steps", "total_epochs", "save_freq", "test_freq",
-                                 "max_ckpt_to_keep", "resume_mode", "export_hf", "log_samples")}
+                    if k in ("output_dir", "device")}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -187,8 +186,16 @@ def smoke_body(sp: Params) -> None:
 
 def train(p: Params) -> None:
     """The configured run on `n_gpus_per_node x nnodes` ranks; resumes from the latest checkpoint."""
-    from . import launch
+    from . import checkpoint, launch
 
+    if p.trainer.resume_mode == "auto":  # refuse a changed world size before anything loads
+        found = checkpoint.list_checkpoints(Path(p.trainer.output_dir) / "checkpoints")
+        state = checkpoint.read_state(found[0]) if found and (found[0] / "state.json").exists() else {}
+        if state.get("fingerprint") == params_fingerprint(p) and state.get("world_size") != p.world_size:
+            raise StageFailed(
+                f"checkpoint {found[0]} was written by {state['world_size']} ranks, this run has "
+                f"{p.world_size}: set n_gpus_per_node/nnodes back to resume, or start over with "
+                f"`-S trainer.resume_mode=disable` (or delete {found[0].parent})")
     launch.run(p, "train", train_body)
 
 

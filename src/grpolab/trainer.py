@@ -330,6 +330,8 @@ class Trainer:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if getattr(self.model.config, "tie_word_embeddings", False):
+            sd.pop("lm_head.weight", None)  # stored once, as the embedding
         if self.ctx.main:
             out_dir.mkdir(parents=True, exist_ok=True)
             self.model.save_pretrained(out_dir, state_dict=sd)

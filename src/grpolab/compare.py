@@ -1,0 +1,308 @@
+"""Compare experiments: one markdown table (the params that differ, final and best metrics, health)
+and one PNG per metric over steps.
+
+    grpolab compare                              # every experiment of HEAD (`dvc exp show`)
+    grpolab compare main fancy-ball ab12cd3      # these (names, branches or revs)
+    grpolab compare --metric critic/score/mean --metric actor/entropy --all-commits --out reports
+
+Writes `<out>/compare.md` and `<out>/compare-<metric>.png` (`/` -> `_`), prints the table.
+
+Sources: params and final metrics come from `dvc exp show --json` (the same numbers `dvc exp show`
+prints); per-step histories come from the MLflow store (the params' `tracking.mlflow_tracking_uri`, else
+`sqlite:///<repo root>/mlflow.db`) through MLflow's client. An experiment's MLflow train run is the one
+tagged with its `dvc.exp_name`; a commit (a baseline) is matched to the newest untagged train run whose
+logged params and final `critic/score/mean` equal its own.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import health
+
+DEFAULT_METRICS = ("critic/score/mean", "actor/entropy")
+LOWER_IS_BETTER = ("loss", "grad_norm", "solve_none", "clip_ratio", "kl", "timing")
+HEALTH_KEYS = (health.SCORE, health.ENTROPY, health.CLIP, health.LEN_MEAN, health.GRAD, health.SOLVE_NONE)
+
+
+class CompareError(RuntimeError):
+    """Nothing to compare, or an experiment that does not exist (the message lists what does)."""
+
+
+@dataclass
+class Exp:
+    name: str  # experiment name, branch name or short rev
+    rev: str
+    params: dict  # flat `a.b` params.yaml values
+    metrics: dict  # flat metric name -> value, from every metrics file
+    is_exp: bool  # a `dvc exp run` experiment (else a commit / the workspace)
+    run_id: str = ""
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.name if self.name == self.rev[:7] else f"{self.name} ({self.rev[:7]})"
+
+
+def _flat(d: dict, sep: str, prefix: str = "") -> dict:
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict):
+            out.update(_flat(v, sep, f"{prefix}{k}{sep}"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def dvc_experiments(root: Path, all_commits: bool = False) -> list[Exp]:
+    """Every row of `dvc exp show --json` that has data, workspace first."""
+    cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json"] + (["--all-commits"] if all_commits else [])
+    r = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    if r.returncode:
+        raise CompareError(f"`dvc exp show --json` failed in {root}: {r.stderr.strip()[-500:]}")
+    rows: list[Exp] = []
+
+    def add(rev: dict, is_exp: bool) -> None:
+        data = rev.get("data") or {}
+        if not data or rev.get("error"):
+            return
+        params = _flat((data.get("params") or {}).get("params.yaml", {}).get("data", {}), ".")
+        metrics = {}
+        for f in (data.get("metrics") or {}).values():
+            metrics.update(_flat(f.get("data") or {}, "/"))
+        sha = rev.get("rev") or ""
+        rows.append(Exp(rev.get("name") or sha[:7], sha, params, metrics, is_exp))
+
+    for base in json.loads(r.stdout or "[]"):
+        add(base, False)
+        for e in base.get("experiments") or []:
+            for rev in e.get("revs") or []:
+                add(rev, True)
+    return rows
+
+
+def select(rows: list[Exp], names: list[str]) -> list[Exp]:
+    if not names:
+        chosen = [r for r in rows if r.rev != "workspace"]
+    else:
+        chosen = []
+        for n in names:
+            hit = [r for r in rows if n in (r.name, r.rev) or (len(n) >= 4 and r.rev.startswith(n))]
+            if not hit:
+                known = ", ".join(r.label for r in rows)
+                raise CompareError(f"no experiment {n!r} in `dvc exp show` (known: {known}); "
+                                   f"add --all-commits for older baselines")
+            chosen.extend(h for h in hit[:1] if h not in chosen)
+    if not chosen:
+        raise CompareError("no experiments to compare: run `dvc repro` / `dvc exp run` first")
+    return chosen
+
+
+# --------------------------------------------------------------------------------------------------
+def _same(a, b) -> bool:
+    if str(a) == str(b):
+        return True
+    try:
+        return math.isclose(float(a), float(b), rel_tol=1e-9)
+    except (TypeError, ValueError):
+        return False
+
+
+def attach_mlflow(exps: list[Exp], uri: str, metrics: list[str]) -> None:
+    """Find each experiment's MLflow train run and read the histories of `metrics` (+ health keys)."""
+    from mlflow.tracking import MlflowClient
+
+    from .tracking import mlflow_key
+
+    client = MlflowClient(uri)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(ids, filter_string="tags.`grpolab.stage` = 'train'", max_results=5000,
+                              order_by=["attribute.start_time DESC"]) if ids else []
+    used: set[str] = set()
+    for e in exps:
+        if e.is_exp:
+            cand = [r for r in runs if r.data.tags.get("dvc.exp_name") == e.name]
+        else:
+            cand = [r for r in runs if not r.data.tags.get("dvc.exp_name")]
+            score = e.metrics.get(health.SCORE)
+            cand = [r for r in cand
+                    if all(_same(v, r.data.params[k]) for k, v in e.params.items() if k in r.data.params)
+                    and (score is None or _same(score, r.data.metrics.get(health.SCORE)))]
+        cand = [r for r in cand if r.info.run_id not in used]
+        if not cand:
+            continue
+        run = cand[0]  # newest
+        used.add(run.info.run_id)
+        e.run_id = run.info.run_id
+        for m in dict.fromkeys([*metrics, *HEALTH_KEYS]):
+            hist = {}
+            for pt in client.get_metric_history(run.info.run_id, mlflow_key(m)):
+                hist[pt.step] = pt.value  # a resumed run may repeat a step: keep the latest
+            if hist:
+                e.history[m] = sorted(hist.items())
+        for key in run.data.metrics:  # validation points, for the health check's peak rule
+            if key.startswith(health.VAL_PREFIX):
+                e.history[key] = sorted({pt.step: pt.value for pt in client.get_metric_history(
+                    run.info.run_id, key)}.items())
+
+
+def history_dicts(e: Exp) -> list[dict]:
+    """The MLflow histories back in the trainer's list-of-dicts form (for grpolab.health)."""
+    steps: dict[int, dict] = {}
+    for k, pts in e.history.items():
+        for s, v in pts:
+            steps.setdefault(s, {"step": s})[k] = v
+    return [steps[s] for s in sorted(steps)]
+
+
+# --------------------------------------------------------------------------------------------------
+def _best(metric: str, pts: list[tuple[int, float]]) -> tuple[int, float] | None:
+    pts = [(s, v) for s, v in pts if math.isfinite(v)]
+    if not pts:
+        return None
+    low = any(w in metric for w in LOWER_IS_BETTER)
+    return (min if low else max)(pts, key=lambda x: x[1])
+
+
+def _fmt(v) -> str:
+    if v is None or v == "":
+        return "-"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    s = str(v)
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+def _pfmt(v) -> str:
+    """Params as written (1.0 stays 1.0), long strings cut."""
+    s = "-" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+def differing_params(exps: list[Exp]) -> list[str]:
+    keys = sorted({k for e in exps for k in e.params})
+    return [k for k in keys if k != "request"
+            and len({json.dumps(e.params.get(k), sort_keys=True, default=str) for e in exps}) > 1]
+
+
+def table(exps: list[Exp], metrics: list[str], findings: dict[str, list[health.Finding]]) -> str:
+    diff = differing_params(exps)
+    val_keys = sorted({k for e in exps for k in e.metrics if k.startswith(health.VAL_PREFIX)})
+    header = ["Experiment", *[f"`{k}`" for k in diff], "steps"]
+    for m in metrics:
+        header += [f"`{m}` final", f"`{m}` best (step)"]
+    header += [f"`{k}`" for k in val_keys] + ["health", "MLflow run"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for e in exps:
+        row = [e.label, *[_pfmt(e.params.get(k)) for k in diff], _fmt(e.metrics.get("step"))]
+        for m in metrics:
+            final = e.metrics.get(m)
+            if final is None and e.history.get(m):
+                final = e.history[m][-1][1]
+            b = _best(m, e.history.get(m, []))
+            row += [_fmt(final), f"{_fmt(b[1])} ({b[0]})" if b else "-"]
+        row += [_fmt(e.metrics.get(k)) for k in val_keys]
+        f = findings.get(e.rev, [])
+        row += [", ".join(x.rule for x in f) if f else ("ok" if e.history else "-"),
+                f"`{e.run_id[:8]}`" if e.run_id else "-"]
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |")
+    return "\n".join(lines)
+
+
+def slug(metric: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in metric)
+
+
+def plot(exps: list[Exp], metric: str, path: Path) -> bool:
+    """One line per experiment of `metric` over steps; False when no experiment has it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401
+
+    series = [(e.label, e.history[metric]) for e in exps if e.history.get(metric)]
+    if not series:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
+    for label, pts in series:
+        ax.plot([s for s, _ in pts], [v for _, v in pts], marker="." if len(pts) < 50 else None, label=label)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric)
+    ax.set_title(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def mlflow_uri_for(root: Path) -> str:
+    """The store the pipeline writes to, from params.yaml when it is valid."""
+    from . import config
+    from .tracking import mlflow_uri
+
+    try:
+        p = config.load(root / "params.yaml")
+    except config.ParamsError:
+        return f"sqlite:///{root / 'mlflow.db'}"
+    return mlflow_uri(p, root)
+
+
+def compare(root: Path, names: list[str] | None = None, metrics: list[str] | None = None,
+            out: Path | None = None, all_commits: bool = False, mlflow_uri: str | None = None) -> dict:
+    """Build the table and plots; returns {"markdown", "table", "report", "plots", "experiments"}."""
+    from .gitmeta import project_root
+
+    root = project_root(root)
+    metrics = list(metrics or DEFAULT_METRICS)
+    exps = select(dvc_experiments(root, all_commits), list(names or []))
+    uri = mlflow_uri or mlflow_uri_for(root)
+    warn = ""
+    if not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///"):]).exists():
+        attach_mlflow(exps, uri, metrics)
+    else:
+        warn = f"No MLflow store at `{uri}`: best values and plots need it."
+    findings = {e.rev: health.check(history_dicts(e), e.params) for e in exps if e.history}
+    tab = table(exps, metrics, findings)
+    out = Path(out) if out else root / "reports"
+    out = out if out.is_absolute() else root / out
+    plots = {}
+    for m in metrics:
+        f = out / f"compare-{slug(m)}.png"
+        if plot(exps, m, f):
+            plots[m] = f
+    md = [f"# Experiment comparison ({dt.datetime.now().isoformat(timespec='minutes')})", "",
+          f"{len(exps)} experiment(s) from `dvc exp show`; histories from MLflow `{uri}`. Columns: the "
+          f"params that differ, then each metric's final value (last step) and best over steps (max; min "
+          f"for {', '.join(LOWER_IS_BETTER)}).", ""]
+    if warn:
+        md += [warn, ""]
+    md += [tab, ""]
+    requests = [(e, e.params.get("request")) for e in exps if e.params.get("request")]
+    if len({r for _, r in requests}) > 1:
+        md += ["Requests:", ""] + [f"- {e.label}: {r}" for e, r in requests] + [""]
+    notes = [(e, f) for e in exps for f in findings.get(e.rev, [])]
+    if notes:
+        md += ["Health findings:", ""]
+        md += [f"- {e.label}: {health.format_finding(f)}" for e, f in notes] + [""]
+    for m, f in plots.items():
+        md += [f"![{m}]({f.name})", ""]
+    missing = [e.label for e in exps if not e.run_id]
+    if missing and not warn:
+        md += [f"No MLflow train run found for: {', '.join(missing)}.", ""]
+    out.mkdir(parents=True, exist_ok=True)
+    report = out / "compare.md"
+    report.write_text("\n".join(md).rstrip("\n") + "\n")
+    return {"markdown": "\n".join(md), "table": tab, "report": report, "plots": plots, "experiments": exps,
+            "findings": findings}

@@ -1,0 +1,105 @@
+"""`grpolab compare` on three real tiny experiments (the baseline commit and two `dvc exp run`s of the
+workspace shared with tests/test_report.py): the table's params and numbers against `dvc exp show`
+and the MLflow store read directly, the PNG curves, selection and errors."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from test_report import BIN, shared_workspace
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    return shared_workspace(tmp_path_factory)
+
+
+def _compare(ws, env, *args):
+    return subprocess.run([str(BIN / "grpolab"), "compare", *args], cwd=ws, env=env, capture_output=True,
+                          text=True)
+
+
+def _rows(table: str) -> list[list[str]]:
+    lines = [x for x in table.splitlines() if x.startswith("|")]
+    return [[c.strip() for c in x.strip().strip("|").split(" | ")] for x in lines]
+
+
+def _train_runs(ws) -> dict[str, str]:
+    """dvc exp name ('' for the baseline) -> MLflow train run id, read from the store itself."""
+    con = sqlite3.connect(ws / "mlflow.db")
+    return dict(con.execute("select t.value, r.run_uuid from runs r join tags t on t.run_uuid=r.run_uuid "
+                            "where t.key='dvc.exp_name' and r.name like '%-train'").fetchall())
+
+
+def _best(ws, run, key="critic/score/mean"):
+    con = sqlite3.connect(ws / "mlflow.db")
+    return con.execute("select value, step from metrics where run_uuid=? and key=? order by value desc, "
+                       "step asc limit 1", (run, key)).fetchone()
+
+
+def test_compare_three_experiments_table_and_plots(shared):
+    ws, env = shared["ws"], shared["env"]
+    r = _compare(ws, env)
+    assert r.returncode == 0, r.stderr
+    rows = _rows(r.stdout)
+    header, body = rows[0], rows[2:]
+    assert len(body) == 3, r.stdout
+    assert "`temperature`" in header and "`lr`" in header and "`request`" not in header
+    col = {h: i for i, h in enumerate(header)}
+    by_name = {row[0].split(" (")[0]: row for row in body}
+    assert set(by_name) == {"main", "t12", "lr4"}
+    assert by_name["t12"][col["`temperature`"]] == "1.2" and by_name["t12"][col["`lr`"]] == "0.002"
+    assert by_name["lr4"][col["`lr`"]] == "0.004" and by_name["main"][col["`temperature`"]] == "1.0"
+    # final values are dvc exp show's
+    show = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=ws, env=env,
+                          capture_output=True, text=True)
+    finals = {}
+    for base in json.loads(show.stdout):
+        revs = [base] + [rv for e in base.get("experiments") or [] for rv in e["revs"]]
+        for rv in revs:
+            if rv["rev"] != "workspace":
+                live = rv["data"]["metrics"]["dvclive/metrics.json"]["data"]
+                finals[rv["name"]] = live["critic"]["score"]["mean"]
+    # best values and run ids are the MLflow store's
+    runs = _train_runs(ws)
+    for name, exp in (("main", ""), ("t12", "t12"), ("lr4", "lr4")):
+        row = by_name[name]
+        assert row[col["`critic/score/mean` final"]] == f"{finals[name]:.4g}"
+        best, step = _best(ws, runs[exp])
+        assert row[col["`critic/score/mean` best (step)"]] == f"{best:.4g} ({step})"
+        assert row[col["MLflow run"]] == f"`{runs[exp][:8]}`"
+        assert row[col["steps"]] == "4"
+    md = (ws / "reports" / "compare.md").read_text()
+    assert r.stdout.strip() in md
+    for m in ("critic_score_mean", "actor_entropy"):
+        png = ws / "reports" / f"compare-{m}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+        assert f"](compare-{m}.png)" in md
+
+
+def test_compare_selected_experiments_other_metric_and_out(shared, tmp_path):
+    ws, env = shared["ws"], shared["env"]
+    r = _compare(ws, env, "lr4", "main", "--metric", "actor/grad_norm", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    rows = _rows(r.stdout)
+    assert [row[0].split(" (")[0] for row in rows[2:]] == ["lr4", "main"]
+    assert "`lr`" in rows[0] and "`temperature`" not in rows[0]  # only what differs among these two
+    col = rows[0].index("`actor/grad_norm` best (step)")
+    runs = _train_runs(ws)
+    con = sqlite3.connect(ws / "mlflow.db")
+    low, step = con.execute("select value, step from metrics where run_uuid=? and key='actor/grad_norm' "
+                            "order by value asc, step asc limit 1", (runs["lr4"],)).fetchone()
+    assert rows[2][col] == f"{low:.4g} ({step})"  # grad norm: lower is better
+    assert (tmp_path / "compare.md").exists() and (tmp_path / "compare-actor_grad_norm.png").exists()
+
+
+def test_compare_unknown_experiment_fails_naming_the_known_ones(shared):
+    r = _compare(shared["ws"], shared["env"], "no-such-exp")
+    assert r.returncode == 1
+    assert "no experiment 'no-such-exp'" in r.stderr and "t12" in r.stderr and "lr4" in r.stderr

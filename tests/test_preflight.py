@@ -1,0 +1,146 @@
+"""Pre-flight memory estimate on the Qwen3-0.6B shape, checked against numbers computed by hand here,
+and the `grpolab preflight` command's refusal (exit 1) of a recipe that cannot fit."""
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from grpolab import config, preflight
+
+GIB = 2**30
+QWEN3_06B = {  # Qwen/Qwen3-0.6B(-Base) config.json, the fields that size the model
+    "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 1024,
+    "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128,
+    "intermediate_size": 3072, "vocab_size": 151936, "tie_word_embeddings": True,
+    "attention_bias": False, "torch_dtype": "bfloat16",
+}
+# By hand: attention q/k/v/o = 1024*2048 + 2*1024*1024 + 2048*1024 = 6,291,456, + q/k norms 2*128;
+# MLP 3*1024*3072 = 9,437,184; two RMSNorms 2*1024  -> 15,730,944 per layer.
+LAYER = 6_291_456 + 256 + 9_437_184 + 2_048
+EMB = 151_936 * 1024  # 155,582,464, tied with lm_head
+N = EMB + 28 * LAYER + 1024  # + final norm = 596,049,920 ("0.6B")
+
+
+@pytest.fixture()
+def cfg_file(tmp_path):
+    f = tmp_path / "Qwen3-0.6B" / "config.json"
+    f.parent.mkdir()
+    f.write_text(json.dumps(QWEN3_06B))
+    return f
+
+
+def recipe(**over) -> config.Params:
+    """The default params.yaml recipe (Params defaults are the seed recipe), with overrides."""
+    return config.Params.model_validate(over)
+
+
+def test_param_count_matches_hand_count(cfg_file):
+    assert LAYER == 15_730_944 and N == 596_049_920
+    assert preflight.param_count_from_config(QWEN3_06B) == N
+    assert preflight.param_count(cfg_file.parent) == N
+
+
+def test_seed_recipe_components_by_hand():
+    p = recipe()  # 4 GPUs, bf16, micro-batch 4, 2048 + 32768 tokens, KL on, vLLM 0.5, sleep mode
+    e = preflight.estimate(p, QWEN3_06B, device_memory_gb=80)
+    m = {k: v * GIB for k, v in e["memory_gb"].items()}  # back to bytes
+    shard = N * 2 / 4  # bf16 over 4 FSDP ranks = 298,024,960 B
+    assert m["weights"] == pytest.approx(298_024_960)
+    assert m["grads"] == pytest.approx(shard)
+    assert m["optimizer"] == pytest.approx(2 * shard)  # AdamW exp_avg + exp_avg_sq
+    assert m["reference"] == pytest.approx(shard)  # kl_loss_coef 0.001 > 0
+    assert m["fsdp_gather"] == pytest.approx(2 * EMB * 2)  # the embedding is the largest unit
+    T = 4 * (2048 + 32768)  # 139,264 tokens per micro-batch
+    R = 4 * 32768
+    per_layer_tok = 6 * 1024 + 4 * 3072 + 6 * 2048 + 5 * 1024  # 35,840 elements
+    assert m["activations_gc"] == pytest.approx(28 * T * 1024 * 2 + T * per_layer_tok * 2)  # 16.73 GiB
+    assert m["activations_no_gc"] == pytest.approx(28 * T * per_layer_tok * 2)  # 260.3 GiB
+    assert m["activations"] == m["activations_gc"]  # gradient_checkpointing: true
+    assert m["logits"] == pytest.approx(T * 151936 * 2 + R * 151936 * 28)  # 558.7 GiB
+    assert m["rollout"] == pytest.approx(0.5 * 80 * GIB)
+    assert e["kv_cache_budget_gb"] * GIB == pytest.approx(0.5 * 80 * GIB - N * 2)
+    assert e["tokens"]["kv_cache_tokens"] == int((0.5 * 80 * GIB - N * 2) // (2 * 28 * 1024 * 2))  # 364,097
+    train = 4 * shard + shard + 2 * EMB * 2 + m["activations_gc"] + m["logits"]  # vLLM asleep
+    assert e["phases_gb"]["train"] * GIB == pytest.approx(train)
+    assert e["phases_gb"]["rollout"] * GIB == pytest.approx(shard + 2 * shard + shard + 0.5 * 80 * GIB)
+    assert e["peak_gb"] == pytest.approx(train / GIB + 1.0)  # ~578 GiB
+    assert not e["fits"] and "more than the 80 GB device" in e["problems"][0]
+    t = e["tokens"]
+    assert t["max_per_step"] == 64 * 16 * 34816 == 35_651_584
+    assert t["max_per_step_per_gpu"] == 35_651_584 / 4
+    assert t["micro_batches_per_step_per_gpu"] == (64 * 16 // 4 // 4) * 3  # 192
+    assert e["model"]["params_per_gpu"] == N / 4  # the seed's "150M params/GPU"
+
+
+def test_shorter_responses_fit_and_sleep_mode_matters():
+    p = recipe(max_response_length=4096, trainer={"ppo_micro_batch_size_per_gpu": 2})
+    e = preflight.estimate(p, QWEN3_06B, 80)
+    T, R = 2 * (2048 + 4096), 2 * 4096
+    shard = N * 2 / 4
+    act = 28 * T * 1024 * 2 + T * 35_840 * 2
+    logits = T * 151936 * 2 + R * 151936 * 28
+    train = 5 * shard + 4 * EMB + act + logits  # 39.4 GiB
+    rollout = 4 * shard + 40 * GIB
+    assert e["phases_gb"]["train"] * GIB == pytest.approx(train)
+    assert e["peak_gb"] == pytest.approx(max(train, rollout) / GIB + 1) and e["fits"]
+    assert e["allocated_gb"] == pytest.approx(max(train, rollout) / GIB)
+    # without sleep mode vLLM's 40 GB stay reserved while training: no longer fits
+    awake = preflight.estimate(recipe(max_response_length=4096, trainer={"ppo_micro_batch_size_per_gpu": 2},
+                                      rollout={"enable_sleep_mode": False}), QWEN3_06B, 80)
+    assert awake["phases_gb"]["train"] * GIB == pytest.approx(train + 40 * GIB) and not awake["fits"]
+
+
+def test_vllm_budget_that_cannot_hold_the_weights_is_refused():
+    p = recipe(max_response_length=1024, rollout={"gpu_memory_utilization": 0.01})
+    e = preflight.estimate(p, QWEN3_06B, 80)  # 0.8 GB < 1.11 GB of bf16 weights
+    assert not e["fits"] and any("cannot even hold vLLM's" in x for x in e["problems"])
+
+
+def test_cpu_float32_and_single_process():
+    p = recipe(n_gpus_per_node=1, train_prompt_mini_bsz=16, max_response_length=1024,
+               rollout={"engine": "hf"}, trainer={"device": "cpu"})
+    e = preflight.estimate(p, QWEN3_06B, 64, device="cpu")
+    assert e["param_bytes"] == 4 and e["memory_gb"]["weights"] * GIB == pytest.approx(N * 4)
+    assert e["memory_gb"]["fsdp_gather"] == 0  # one process: nothing to gather
+    # hf rollout: the KV cache of one generate call, 16 sequences of 3072 tokens, fp32
+    assert e["memory_gb"]["rollout"] * GIB == pytest.approx(16 * 3072 * 2 * 28 * 1024 * 4)
+
+
+def test_what_fits_suggests_a_response_cap_that_fits():
+    p = recipe()
+    (tip,) = preflight.what_fits(p, QWEN3_06B, 80)
+    cap = int(tip.split("max_response_length=")[1].split("`")[0])
+    assert cap % 256 == 0 and 8192 <= cap < 32768
+    assert preflight.estimate(p, QWEN3_06B, 80, micro_batch=1, max_response_length=cap)["fits"]
+    assert not preflight.estimate(p, QWEN3_06B, 80, micro_batch=1, max_response_length=cap + 256)["fits"]
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "grpolab.cli", "preflight", *args], cwd=cwd,
+                          capture_output=True, text=True, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+
+
+def test_cli_refuses_the_seed_recipe_and_accepts_a_short_one(tmp_path, cfg_file):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"model": {"local_dir": str(cfg_file.parent)}}))
+    r = _cli("params.yaml", cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "cannot run on 80 GB GPUs" in r.stderr and "max_response_length=" in r.stderr
+    assert "596.0M params" in r.stdout
+    short = {"model": {"local_dir": str(cfg_file.parent)}, "max_response_length": 4096,
+             "trainer": {"ppo_micro_batch_size_per_gpu": 2}}
+    (tmp_path / "short.yaml").write_text(yaml.safe_dump(short))
+    r = _cli("short.yaml", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    est = json.loads(r.stdout)
+    assert est["fits"] and est["tokens"]["per_micro_batch"] == 2 * 6144
+    # a smaller device refuses the same recipe
+    r = _cli("short.yaml", "--device-memory-gb", "40", cwd=tmp_path)
+    assert r.returncode == 1 and "cannot run on 40 GB GPUs" in r.stderr
+
+
+def test_cli_without_a_model_config_says_where_it_looked(tmp_path):
+    (tmp_path / "params.yaml").write_text("{}\n")
+    r = _cli("params.yaml", cwd=tmp_path)
+    assert r.returncode == 2 and "no model config.json found" in r.stderr and "--model-config" in r.stderr
