@@ -21,6 +21,10 @@ import random
 from pathlib import Path
 
 BUILTIN_TINY = "builtin:tiny-qwen3"
+BUILTIN_06B = "builtin:qwen3-0.6b-random"  # Qwen3-0.6B's shape, random weights: GPU memory/speed runs
+QWEN3_06B_SHAPE = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                       num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                       max_position_embeddings=40960, rope_theta=1_000_000.0, tie_word_embeddings=True)
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -39,13 +43,15 @@ def has_weights(d: Path) -> bool:
     )
 
 
-def build_tiny_tokenizer():
-    """Character-level tokenizer over printable ASCII plus Qwen's chat special tokens."""
+def build_tiny_tokenizer(vocab_size: int = 0):
+    """Character-level tokenizer over printable ASCII plus Qwen's chat special tokens; with
+    `vocab_size`, padded with `<xN>` filler tokens so that every id a larger model samples decodes."""
     from tokenizers import Tokenizer, decoders, models
     from transformers import PreTrainedTokenizerFast
 
     chars = [chr(i) for i in range(32, 127)] + ["\n", "\t"]
     vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + ["<unk>"] + chars)}
+    vocab.update({f"<x{i}>": i for i in range(len(vocab), vocab_size)})
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tok.decoder = decoders.Fuse()
     fast = PreTrainedTokenizerFast(
@@ -78,6 +84,23 @@ def build_tiny_model(out_dir: Path, seed: int = 0, warmup_steps: int = 150) -> P
     torch.set_num_threads(threads)
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
+def build_random_06b(out_dir: Path, seed: int = 0) -> Path:
+    """Qwen3-0.6B's architecture with random bf16 weights (no download); for GPU smoke/speed runs."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tok = build_tiny_tokenizer(QWEN3_06B_SHAPE["vocab_size"])
+    torch.manual_seed(seed)
+    cfg = Qwen3Config(**QWEN3_06B_SHAPE, bos_token_id=None, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id, dtype="bfloat16")
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = Qwen3ForCausalLM(cfg).to(torch.bfloat16)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
@@ -145,8 +168,15 @@ def fetch(path: str, revision: str, local_dir: Path, seed: int = 0) -> Path:
         build_tiny_model(local_dir, seed=seed)
         stamp.write_text(str(seed))
         return local_dir
+    if path == BUILTIN_06B:
+        stamp = local_dir / ".builtin-seed"
+        if not (has_weights(local_dir) and stamp.exists() and stamp.read_text().strip() == str(seed)):
+            build_random_06b(local_dir, seed=seed)
+            stamp.write_text(str(seed))
+        return local_dir
     if path.startswith("builtin:"):
-        raise DownloadError(f"model.path: '{path}' — unknown built-in model; use '{BUILTIN_TINY}'")
+        raise DownloadError(f"model.path: '{path}' — unknown built-in model; use '{BUILTIN_TINY}' "
+                            f"or '{BUILTIN_06B}'")
     local = Path(path)
     if local.is_dir():
         if not has_weights(local):
