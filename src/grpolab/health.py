@@ -56,9 +56,11 @@ class Thresholds:
     clip_ratio_max: float = 0.05
     capped_token_share_max: float = 0.5
     # grad-norm spike: a step's actor/grad_norm above grad_norm_spike x the median of the (up to
-    # `grad_norm_lookback`) steps before it (at least 3 of them), or not finite.
+    # `grad_norm_lookback`) steps before it (at least grad_norm_min_prior of them: the first steps,
+    # often near 0 while no group has signal, are no baseline), or not finite.
     grad_norm_spike: float = 10.0
     grad_norm_lookback: int = 20
+    grad_norm_min_prior: int = 5
     # solve_none not falling: after min(solve_none_min_steps, max(2 x window, total_training_steps
     # // 2)) steps, the last-window mean of batch/solve_none is still >= solve_none_level and fell
     # by less than solve_none_min_drop from the first window (here max(`window`, steps // 5) steps).
@@ -246,7 +248,7 @@ def grad_norm_spike(history: list[dict], p: dict, t: Thresholds) -> Optional[Fin
         prev = [v for _, v in gn[max(0, i - t.grad_norm_lookback):i] if math.isfinite(v)]
         if not math.isfinite(g):
             spikes.append((s, g, _median(prev) if prev else float("nan")))
-        elif len(prev) >= 3:
+        elif len(prev) >= t.grad_norm_min_prior:
             med = _median(prev)
             if med > 0 and g > t.grad_norm_spike * med:
                 spikes.append((s, g, med))

@@ -8,6 +8,7 @@ A Rollout holds token ids, not strings, so the trainer scores exactly what was s
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,24 @@ class Rollout:
     response_ids: list[list[int]]  # sampled tokens, EOS included when it was sampled
     group_index: torch.Tensor  # (N,) which prompt each response answers
     truncated: torch.Tensor  # (N,) bool: hit max_new_tokens without EOS
+
+
+@contextmanager
+def gathered(model):
+    """Hold an FSDP2 model's full weights for a whole `generate` call: one all-gather per layer
+    instead of one per layer per decoded token."""
+    from torch.distributed.fsdp import FSDPModule
+
+    mods = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in mods:
+        m.set_reshard_after_forward(False, recurse=False)
+        m.unshard()
+    try:
+        yield model
+    finally:
+        for m in mods:
+            m.reshard()
+            m.set_reshard_after_forward(True, recurse=False)
 
 
 class HFEngine:
@@ -51,9 +70,16 @@ class HFEngine:
         was_training = self.model.training
         self.model.eval()
         eos, pad = self.tok.eos_token_id, self.tok.pad_token_id
-        out_prompts, out_resps, groups, trunc = [], [], [], []
         per_call = self.per_call
         dev = next(self.model.parameters()).device
+        with gathered(self.model):
+            out = self._generate(prompt_ids, sampling, seeds, synced, per_call, dev, eos, pad)
+        if was_training:
+            self.model.train()
+        return out
+
+    def _generate(self, prompt_ids, sampling, seeds, synced, per_call, dev, eos, pad) -> Rollout:
+        out_prompts, out_resps, groups, trunc = [], [], [], []
         for start in range(0, len(prompt_ids), per_call):
             chunk = prompt_ids[start:start + per_call]
             if seeds is not None:
@@ -77,8 +103,6 @@ class HFEngine:
                 out_resps.append(resp)
                 groups.append(g)
                 trunc.append(eos not in row and len(resp) >= sampling.max_new_tokens)
-        if was_training:
-            self.model.train()
         return Rollout(out_prompts, out_resps, torch.tensor(groups), torch.tensor(trunc))
 
 

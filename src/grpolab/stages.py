@@ -58,6 +58,10 @@ def _progress() -> tuple[Progress, callable]:
     task = prog.add_task("train", total=None, info="")
 
     def update(step, total, m):
+        if not console.is_terminal:  # logs (CI, cluster jobs): one plain line per step
+            console.print(f"step {step}/{total} score {m.get('critic/score/mean', float('nan')):.3f} "
+                          f"grad_norm {m.get('actor/grad_norm', float('nan')):.3g} "
+                          f"time {m.get('timing_s/step', float('nan')):.1f}s", highlight=False)
         prog.update(task, completed=step, total=total,
                     info=f"score {m.get('critic/score/mean', float('nan')):.3f} "
                          f"entropy {m.get('actor/entropy', float('nan')):.3f} "
