@@ -74,6 +74,7 @@ class TrainerCfg(_Strict):
     output_dir: str = "results/train"  # checkpoints and final model
     log_samples: int = Field(2, ge=0)  # responses kept per step for eyeballing
     save_final: bool = True  # write the final model (HF format) to <output_dir>/final
+    validate_at_end: bool = True  # score the validation set after the last step
     max_ckpt_to_keep: int = Field(3, gt=0)  # checkpoints kept under <output_dir>/checkpoints
     resume_mode: Literal["auto", "disable"] = "auto"  # auto: continue from the latest valid checkpoint
     export_hf: bool = False  # also write each kept checkpoint in Hugging Face format (<ckpt>/hf)
@@ -177,7 +178,8 @@ class Params(_Strict):
             max_response_length=s.max_response_length,
         )
         data["trainer"].update(total_training_steps=s.total_training_steps, output_dir=s.output_dir,
-                               save_freq=0, test_freq=0, save_final=False)
+                               save_freq=0, test_freq=0, save_final=False,
+                               validate_at_end=False)
         return Params.model_validate(data)
 
 

@@ -400,7 +400,7 @@ class Trainer:
                     self.progress(self.step, total, m)
                 if p.trainer.save_freq and self.step % p.trainer.save_freq == 0:
                     self.save_checkpoint()
-            res.val = self.validate()
+            res.val = self.validate() if p.trainer.validate_at_end else {}
             if res.val and self.log_fn:
                 self.log_fn(res.val, self.step)
             if p.trainer.save_final:
