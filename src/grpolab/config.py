@@ -106,6 +106,29 @@ class TrackingCfg(_Strict):
     reports_dir: str = "reports"
 
 
+class HealthCfg(_Strict):
+    """Run-health thresholds; each one is documented in grpolab.health.Thresholds."""
+
+    stall_score: float = 0.01
+    stall_steps: int = Field(100, gt=0)
+    stall_min_steps: int = Field(10, gt=0)
+    entropy_floor: float = Field(0.1, ge=0.0)
+    entropy_rel_drop: float = Field(0.9, gt=0.0, le=1.0)
+    clip_ratio_max: float = Field(0.05, ge=0.0, le=1.0)
+    capped_token_share_max: float = Field(0.5, ge=0.0, le=1.0)
+    grad_norm_spike: float = Field(10.0, gt=1.0)
+    grad_norm_lookback: int = Field(20, gt=0)
+    grad_norm_min_prior: int = Field(5, gt=0)
+    solve_none_min_steps: int = Field(50, gt=0)
+    solve_none_level: float = Field(0.5, ge=0.0, le=1.0)
+    solve_none_min_drop: float = Field(0.05, ge=0.0)
+    peak_drop: float = Field(0.05, ge=0.0)
+    peak_rel_drop: float = Field(0.1, ge=0.0)
+    peak_patience: int = Field(10, gt=0)
+    window: int = Field(5, gt=0)
+    warn_every: int = Field(50, gt=0)
+
+
 class Params(_Strict):
     # --- identity -----------------------------------------------------------------------------
     exp_name: str = "Archer2.0-Qwen3-0.6B-Math"
@@ -154,6 +177,7 @@ class Params(_Strict):
     trainer: TrainerCfg = TrainerCfg()
     smoke: SmokeCfg = SmokeCfg()
     tracking: TrackingCfg = TrackingCfg()
+    health: HealthCfg = HealthCfg()
 
     @model_validator(mode="after")
     def _batch_rules(self) -> "Params":

@@ -96,21 +96,26 @@ class Tracker:
             key = Path(kf).expanduser().read_text().strip()
         try:
             import wandb
-
-            mode = "online" if key else "offline"
-            settings = wandb.Settings(silent=True, api_key=key) if key else wandb.Settings(silent=True)
-            wid = self.resume.get("wandb_run_id")
-            self.wandb_run = wandb.init(
-                project=self.p.project_name, name=self.run_name, config=self.params, mode=mode,
-                id=wid, resume="allow" if wid else None,
-                dir=str(self.root), settings=settings, tags=[self.stage],
-                notes=self.p.request or None,
-            )
-            self.wandb_run.summary.update({k: v for k, v in self.tags.items()})
-            self.reached["wandb"] = f"{mode} {self.wandb_run.id}"
-        except Exception as exc:
-            warn(f"W&B not recording ({type(exc).__name__}: {str(exc).splitlines()[0]})")
-            self.wandb_run = None
+        except ImportError:
+            warn("W&B not recording (wandb is not installed)")
+            return
+        for mode in (["online", "offline"] if key else ["offline"]):
+            try:
+                settings = wandb.Settings(silent=True, init_timeout=30, **({"api_key": key} if mode == "online" else {}))
+                wid = self.resume.get("wandb_run_id")
+                self.wandb_run = wandb.init(
+                    project=self.p.project_name, name=self.run_name, config=self.params, mode=mode,
+                    id=wid, resume="allow" if wid else None, dir=str(self.root), settings=settings,
+                    tags=[self.stage], notes=self.p.request or None,
+                )
+                self.wandb_run.summary.update(dict(self.tags))
+                self.reached["wandb"] = f"{mode} {self.wandb_run.id}"
+                return
+            except Exception as exc:  # unreachable: go on offline (records sync later)
+                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                warn(f"W&B {mode} failed ({type(exc).__name__}: {msg.replace(key, '***') if key else msg})"
+                     + ("; continuing offline" if mode == "online" else ""))
+        self.wandb_run = None
 
     def log(self, metrics: dict, step: int) -> None:
         metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}

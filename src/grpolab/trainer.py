@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from . import algo, checkpoint, data, dist, models
+from . import algo, checkpoint, data, dist, health, models
 from .config import Params
 from .reward import RewardScorer, reward_metrics
 from .rollout import Sampling, make_engine
@@ -394,6 +394,9 @@ class Trainer:
                 if p.trainer.test_freq and self.step % p.trainer.test_freq == 0 and self.step < total:
                     m.update(self.validate())
                 self.history.append(m)
+                if self.ctx.main:
+                    for w in health.warnings_for_step(self.history, p):
+                        self.warn(w)
                 if self.log_fn:
                     self.log_fn(m, self.step)
                 if self.progress:
