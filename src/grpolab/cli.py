@@ -5,6 +5,8 @@
     grpolab data toy --out data/           toy arithmetic train/val sets (Archer/verl rows)
     grpolab smoke | train | evaluate | report   the DVC stages, by hand
     grpolab score rollouts.jsonl           re-score saved rollouts
+    grpolab preflight [params.yaml]        per-GPU memory estimate; refuses what cannot fit
+    grpolab compare [EXP ...]              experiments side by side, with plots
     grpolab demo --workdir demo/           a fresh git+DVC workspace running the whole pipeline on CPU
 """
 from __future__ import annotations
