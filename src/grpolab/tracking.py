@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from . import gitmeta
@@ -49,6 +50,11 @@ class Tracker:
         self.run_name = f"{p.exp_name}-{exp}-{stage}" if exp else f"{p.exp_name}-{stage}"
         self.params = flatten_params(p.model_dump(mode="json"))
         self.live = self.mlflow_run = self.wandb_run = None
+        self.pending: list[tuple[dict, int]] = []  # MLflow steps not yet accepted by the server
+        self.mlflow_down = False
+        # An unreachable server must not stall training for minutes of client retries.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self.reached: dict[str, str] = {}  # backend -> where to open it
         if dvclive:
             self._open_dvclive()
@@ -125,14 +131,35 @@ class Tracker:
                 self.live.log_metric(k, v)
             self.live.next_step()
         if self.mlflow_run is not None and step > self.done["mlflow"]:
-            import mlflow
-
-            try:
-                mlflow.log_metrics({mlflow_key(k): v for k, v in metrics.items()}, step=step)
-            except Exception as exc:
-                warn(f"MLflow log failed at step {step}: {exc}")
+            self.pending.append(({mlflow_key(k): v for k, v in metrics.items()}, step))
+            self._flush_mlflow()
         if self.wandb_run is not None and step > self.done["wandb"]:
             self.wandb_run.log(metrics, step=step)
+
+    def _flush_mlflow(self) -> bool:
+        """Send every buffered step, oldest first. An unreachable server keeps them buffered (and
+        training going); they are sent when it answers again, or saved to a file at close."""
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient()
+        while self.pending:
+            metrics, step = self.pending[0]
+            ts = int(time.time() * 1000)
+            try:
+                client.log_batch(self.mlflow_run.info.run_id,
+                                 metrics=[Metric(k, v, ts, step) for k, v in metrics.items()])
+            except Exception as exc:
+                if not self.mlflow_down:
+                    warn(f"MLflow unreachable at step {step} ({type(exc).__name__}); training goes on, "
+                         f"metrics are kept and sent when it is back")
+                self.mlflow_down = True
+                return False
+            self.pending.pop(0)
+        if self.mlflow_down:
+            warn("MLflow reachable again; buffered metrics sent")
+        self.mlflow_down = False
+        return True
 
     def log_artifact(self, path: str | Path) -> None:
         if self.mlflow_run is not None and Path(path).exists():
@@ -158,6 +185,19 @@ class Tracker:
         if self.mlflow_run is not None:
             import mlflow
 
-            mlflow.end_run(status="FINISHED" if ok else "FAILED")
+            for _ in range(3):  # a short outage at the very end
+                if self._flush_mlflow():
+                    break
+                time.sleep(2)
+            if self.pending:
+                path = self.root / f"mlflow-pending-{self.mlflow_run.info.run_id}.jsonl"
+                with open(path, "a") as f:
+                    for metrics, step in self.pending:
+                        f.write(json.dumps({"step": step, "metrics": metrics}) + "\n")
+                warn(f"MLflow still unreachable: {len(self.pending)} step(s) saved to {path}")
+            try:
+                mlflow.end_run(status="FINISHED" if ok else "FAILED")
+            except Exception as exc:
+                warn(f"MLflow run not closed ({type(exc).__name__}); it stays RUNNING in the store")
         if self.wandb_run is not None:
             self.wandb_run.finish(exit_code=0 if ok else 1)
