@@ -74,6 +74,8 @@ def test_mlflow_store_has_both_runs_with_git_tags(demo_dir):
         n = con.execute("select count(distinct step) from metrics where run_uuid=? and key='critic/score/mean'",
                         (run_id,)).fetchone()[0]
         assert n == 20
+        note = tags.get("mlflow.note.content", "")  # the report is the run's description in the UI
+        assert note.startswith("## ") and "### Validation" in note and "### Git" in note
     exp_tags = [dict(con.execute("select key, value from tags where run_uuid=?", (r[0],))).get("dvc.exp_name")
                 for r in train_runs]
     assert sum(bool(t) for t in exp_tags) == 1  # the `dvc exp run` one carries its experiment name
