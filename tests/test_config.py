@@ -91,3 +91,11 @@ def test_stage_refuses_bad_params_before_work(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 1 and "temperature: -2" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_vllm_engine_is_refused_before_any_work(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"rollout": {"engine": "vllm"}}))
+    r = subprocess.run([sys.executable, str(ROOT / "pipelines" / "smoke.py")], cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "rollout.engine: 'vllm'" in r.stderr and "rollout.engine=hf" in r.stderr
+    assert not (tmp_path / "results").exists()

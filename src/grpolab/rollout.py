@@ -106,11 +106,21 @@ class HFEngine:
         return Rollout(out_prompts, out_resps, torch.tensor(groups), torch.tensor(trunc))
 
 
-def make_engine(name: str, model, tokenizer, params=None):
-    if name == "hf":
-        return HFEngine(model, tokenizer, params.rollout.hf_prompts_per_call if params else 1)
-    if name == "vllm":
-        from .rollout_vllm import VLLMEngine  # GPU only
+ENGINES = ("hf",)  # "vllm" (colocated, sleep mode, weight push) is designed but not built yet
 
-        return VLLMEngine(model, tokenizer, params)
-    raise ValueError(f"rollout.engine: {name!r} — must be one of 'hf', 'vllm'")
+
+def engine_error(name: str) -> str | None:
+    """Why `rollout.engine` cannot run here, or None."""
+    if name == "vllm":
+        return ("rollout.engine: 'vllm' — the vLLM engine is not implemented in this version yet; "
+                "run with `-S rollout.engine=hf` (transformers generate on the FSDP2 model)")
+    if name not in ENGINES:
+        return f"rollout.engine: {name!r} — must be one of {ENGINES}"
+    return None
+
+
+def make_engine(name: str, model, tokenizer, params=None):
+    why = engine_error(name)
+    if why:
+        raise ValueError(why)
+    return HFEngine(model, tokenizer, params.rollout.hf_prompts_per_call if params else 1)

@@ -121,6 +121,15 @@ def run_training(p: Params, stage: str, dvclive: bool) -> dict:
     }
 
 
+def check_engine(p: Params) -> None:
+    """Refuse an unusable rollout engine before any model loads."""
+    from .rollout import engine_error
+
+    why = engine_error(p.rollout.engine)
+    if why:
+        raise StageFailed(why)
+
+
 def device_memory_gb(p: Params, device: str) -> float:
     if p.smoke.device_memory_gb:
         return p.smoke.device_memory_gb
@@ -160,6 +169,7 @@ def smoke(p: Params) -> None:
     from . import launch
 
     sp = p.with_smoke()
+    check_engine(sp)
     console.print(f"[bold]smoke[/]: {sp.trainer.total_training_steps} steps, {sp.train_prompt_bsz} prompts "
                   f"x {sp.n_resp_per_prompt}, response <= {sp.max_response_length} tokens, "
                   f"{sp.world_size} rank(s)")
@@ -192,6 +202,7 @@ def train(p: Params) -> None:
     """The configured run on `n_gpus_per_node x nnodes` ranks; resumes from the latest checkpoint."""
     from . import checkpoint, launch
 
+    check_engine(p)
     if p.trainer.resume_mode == "auto":  # refuse a changed world size before anything loads
         found = checkpoint.list_checkpoints(Path(p.trainer.output_dir) / "checkpoints")
         state = checkpoint.read_state(found[0]) if found and (found[0] / "state.json").exists() else {}
