@@ -48,7 +48,7 @@ class DataCfg(_Strict):
 
 
 class RolloutCfg(_Strict):
-    engine: Literal["hf", "vllm"] = "vllm"  # vllm for GPU runs; hf (transformers generate) for CPU/tests
+    engine: Literal["hf", "vllm"] = "hf"  # hf: transformers generate on the FSDP2 model; vllm: not built yet
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)  # vLLM KV-cache budget share
     enable_sleep_mode: bool = True  # vLLM frees its memory during the training phase
     hf_prompts_per_call: int = Field(1, gt=0)  # hf engine: prompts per generate call; 1 seeds each
