@@ -61,7 +61,9 @@ def _progress() -> tuple[Progress, callable]:
         if not console.is_terminal:  # logs (CI, cluster jobs): one plain line per step
             console.print(f"step {step}/{total} score {m.get('critic/score/mean', float('nan')):.3f} "
                           f"grad_norm {m.get('actor/grad_norm', float('nan')):.3g} "
-                          f"time {m.get('timing_s/step', float('nan')):.1f}s", highlight=False)
+                          f"time {m.get('timing_s/step', float('nan')):.1f}s "
+                          f"(gen {m.get('timing_s/gen', float('nan')):.1f}s) "
+                          f"peak_mem {m.get('perf/max_memory_allocated_gb', float('nan')):.2f}GB", highlight=False)
         prog.update(task, completed=step, total=total,
                     info=f"score {m.get('critic/score/mean', float('nan')):.3f} "
                          f"entropy {m.get('actor/entropy', float('nan')):.3f} "
