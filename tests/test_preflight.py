@@ -32,7 +32,9 @@ def cfg_file(tmp_path):
 
 
 def recipe(**over) -> config.Params:
-    """The default params.yaml recipe (Params defaults are the seed recipe), with overrides."""
+    """The seed recipe (Params defaults) as it runs with vLLM rollouts, the engine preflight sizes the
+    KV-cache budget for, with overrides."""
+    over["rollout"] = {"engine": "vllm", **over.get("rollout", {})}
     return config.Params.model_validate(over)
 
 
@@ -58,15 +60,20 @@ def test_seed_recipe_components_by_hand():
     assert m["activations_gc"] == pytest.approx(28 * T * 1024 * 2 + T * per_layer_tok * 2)  # 16.73 GiB
     assert m["activations_no_gc"] == pytest.approx(28 * T * per_layer_tok * 2)  # 260.3 GiB
     assert m["activations"] == m["activations_gc"]  # gradient_checkpointing: true
-    assert m["logits"] == pytest.approx(T * 151936 * 2 + R * 151936 * 28)  # 558.7 GiB
+    assert m["logits"] == pytest.approx(1024 * 151936 * 28)  # one 1024-token head chunk: 4.06 GiB
     assert m["rollout"] == pytest.approx(0.5 * 80 * GIB)
     assert e["kv_cache_budget_gb"] * GIB == pytest.approx(0.5 * 80 * GIB - N * 2)
     assert e["tokens"]["kv_cache_tokens"] == int((0.5 * 80 * GIB - N * 2) // (2 * 28 * 1024 * 2))  # 364,097
-    train = 4 * shard + shard + 2 * EMB * 2 + m["activations_gc"] + m["logits"]  # vLLM asleep
+    train = 4 * shard + shard + 2 * EMB * 2 + m["activations_gc"] + m["logits"]  # vLLM asleep: 22.2 GiB
+    rollout = shard + 2 * shard + shard + 0.5 * 80 * GIB  # 41.1 GiB
     assert e["phases_gb"]["train"] * GIB == pytest.approx(train)
-    assert e["phases_gb"]["rollout"] * GIB == pytest.approx(shard + 2 * shard + shard + 0.5 * 80 * GIB)
-    assert e["peak_gb"] == pytest.approx(train / GIB + 1.0)  # ~578 GiB
-    assert not e["fits"] and "more than the 80 GB device" in e["problems"][0]
+    assert e["phases_gb"]["rollout"] * GIB == pytest.approx(rollout)
+    assert e["peak_gb"] == pytest.approx(rollout / GIB + 1.0) and e["fits"]  # vLLM's half is the peak
+    # without chunking the head keeps every response token's fp32 logits: 4 x 32k x 152k x 28 B
+    full = preflight.estimate(recipe(trainer={"logits_chunk_tokens": 0}), QWEN3_06B, device_memory_gb=80)
+    assert full["memory_gb"]["logits"] * GIB == pytest.approx(R * 151936 * 28)  # 519.5 GiB
+    assert full["peak_gb"] * GIB == pytest.approx(train - m["logits"] + R * 151936 * 28 + GIB)
+    assert not full["fits"] and "more than the 80 GB device" in full["problems"][0]
     t = e["tokens"]
     assert t["max_per_step"] == 64 * 16 * 34816 == 35_651_584
     assert t["max_per_step_per_gpu"] == 35_651_584 / 4
@@ -80,16 +87,21 @@ def test_shorter_responses_fit_and_sleep_mode_matters():
     T, R = 2 * (2048 + 4096), 2 * 4096
     shard = N * 2 / 4
     act = 28 * T * 1024 * 2 + T * 35_840 * 2
-    logits = T * 151936 * 2 + R * 151936 * 28
-    train = 5 * shard + 4 * EMB + act + logits  # 39.4 GiB
+    logits = 1024 * 151936 * 28  # R = 8192 tokens, in 1024-token chunks
+    train = 5 * shard + 4 * EMB + act + logits  # 9.8 GiB
     rollout = 4 * shard + 40 * GIB
     assert e["phases_gb"]["train"] * GIB == pytest.approx(train)
     assert e["peak_gb"] == pytest.approx(max(train, rollout) / GIB + 1) and e["fits"]
     assert e["allocated_gb"] == pytest.approx(max(train, rollout) / GIB)
-    # without sleep mode vLLM's 40 GB stay reserved while training: no longer fits
+    # vLLM given 90% of the card: fits only because sleep mode frees those 72 GB while training
+    util = {"gpu_memory_utilization": 0.9}
+    asleep = preflight.estimate(recipe(max_response_length=4096, trainer={"ppo_micro_batch_size_per_gpu": 2},
+                                       rollout=util), QWEN3_06B, 80)
+    assert asleep["phases_gb"]["train"] * GIB == pytest.approx(train) and asleep["fits"]
+    assert asleep["peak_gb"] * GIB == pytest.approx(4 * shard + 72 * GIB + GIB)
     awake = preflight.estimate(recipe(max_response_length=4096, trainer={"ppo_micro_batch_size_per_gpu": 2},
-                                      rollout={"enable_sleep_mode": False}), QWEN3_06B, 80)
-    assert awake["phases_gb"]["train"] * GIB == pytest.approx(train + 40 * GIB) and not awake["fits"]
+                                      rollout={**util, "enable_sleep_mode": False}), QWEN3_06B, 80)
+    assert awake["phases_gb"]["train"] * GIB == pytest.approx(train + 72 * GIB) and not awake["fits"]
 
 
 def test_vllm_budget_that_cannot_hold_the_weights_is_refused():
@@ -108,13 +120,25 @@ def test_cpu_float32_and_single_process():
     assert e["memory_gb"]["rollout"] * GIB == pytest.approx(16 * 3072 * 2 * 28 * 1024 * 4)
 
 
-def test_what_fits_suggests_a_response_cap_that_fits():
-    p = recipe()
-    (tip,) = preflight.what_fits(p, QWEN3_06B, 80)
+def test_what_fits_suggests_chunking_then_a_micro_batch_then_a_response_cap():
+    full = recipe(trainer={"logits_chunk_tokens": 0})  # the seed recipe with full-vocabulary logits
+    assert not preflight.estimate(full, QWEN3_06B, 80)["fits"]
+    (tip,) = preflight.what_fits(full, QWEN3_06B, 80)
+    assert "`dvc exp run -S trainer.logits_chunk_tokens=1024`" in tip
+    assert preflight.estimate(recipe(), QWEN3_06B, 80)["fits"]  # which is the default
+
+    long = recipe(max_response_length=262_144)  # 8x the recipe: activations outgrow the card at micro 4
+    (tip,) = preflight.what_fits(long, QWEN3_06B, 80)
+    m = int(tip.split("ppo_micro_batch_size_per_gpu=")[1].split("`")[0])
+    assert preflight.estimate(long, QWEN3_06B, 80, micro_batch=m)["fits"]
+    assert not preflight.estimate(long, QWEN3_06B, 80, micro_batch=m + 1)["fits"]
+
+    huge = recipe(max_response_length=524_288)  # even one sequence is too long
+    (tip,) = preflight.what_fits(huge, QWEN3_06B, 80)
     cap = int(tip.split("max_response_length=")[1].split("`")[0])
-    assert cap % 256 == 0 and 8192 <= cap < 32768
-    assert preflight.estimate(p, QWEN3_06B, 80, micro_batch=1, max_response_length=cap)["fits"]
-    assert not preflight.estimate(p, QWEN3_06B, 80, micro_batch=1, max_response_length=cap + 256)["fits"]
+    assert cap % 256 == 0 and 131_072 <= cap < 524_288
+    assert preflight.estimate(huge, QWEN3_06B, 80, micro_batch=1, max_response_length=cap)["fits"]
+    assert not preflight.estimate(huge, QWEN3_06B, 80, micro_batch=1, max_response_length=cap + 256)["fits"]
 
 
 def _cli(*args, cwd):
@@ -122,22 +146,21 @@ def _cli(*args, cwd):
                           capture_output=True, text=True, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
 
 
-def test_cli_refuses_the_seed_recipe_and_accepts_a_short_one(tmp_path, cfg_file):
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"model": {"local_dir": str(cfg_file.parent)}}))
-    r = _cli("params.yaml", cwd=tmp_path)
+def test_cli_refuses_full_vocabulary_logits_and_accepts_the_seed_recipe(tmp_path, cfg_file):
+    local = {"model": {"local_dir": str(cfg_file.parent)}}
+    (tmp_path / "full.yaml").write_text(yaml.safe_dump({**local, "trainer": {"logits_chunk_tokens": 0}}))
+    r = _cli("full.yaml", cwd=tmp_path)
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "cannot run on 80 GB GPUs" in r.stderr and "max_response_length=" in r.stderr
+    assert "cannot run on 80 GB GPUs" in r.stderr and "trainer.logits_chunk_tokens=1024" in r.stderr
     assert "596.0M params" in r.stdout
-    short = {"model": {"local_dir": str(cfg_file.parent)}, "max_response_length": 4096,
-             "trainer": {"ppo_micro_batch_size_per_gpu": 2}}
-    (tmp_path / "short.yaml").write_text(yaml.safe_dump(short))
-    r = _cli("short.yaml", "--json", cwd=tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(local))  # the seed recipe as shipped
+    r = _cli("params.yaml", "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     est = json.loads(r.stdout)
-    assert est["fits"] and est["tokens"]["per_micro_batch"] == 2 * 6144
-    # a smaller device refuses the same recipe
-    r = _cli("short.yaml", "--device-memory-gb", "40", cwd=tmp_path)
-    assert r.returncode == 1 and "cannot run on 40 GB GPUs" in r.stderr
+    assert est["fits"] and est["tokens"]["per_micro_batch"] == 4 * (2048 + 32768)
+    # a smaller device refuses the same recipe, with what would fit there
+    r = _cli("params.yaml", "--device-memory-gb", "40", cwd=tmp_path)
+    assert r.returncode == 1 and "cannot run on 40 GB GPUs" in r.stderr and "dvc exp run -S" in r.stderr
 
 
 def test_cli_without_a_model_config_says_where_it_looked(tmp_path):

@@ -71,6 +71,7 @@ class TrainerCfg(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cpu_threads: int = Field(1, ge=0)  # torch threads on CPU (0 = torch default); 1 is fastest for tiny models
     ppo_micro_batch_size_per_gpu: int = Field(4, gt=0)  # sequences per forward/backward
+    logits_chunk_tokens: int = Field(1024, ge=0)  # LM head over this many response tokens at a time (0 = all)
     output_dir: str = "results/train"  # checkpoints and final model
     log_samples: int = Field(2, ge=0)  # responses kept per step for eyeballing
     save_final: bool = True  # write the final model (HF format) to <output_dir>/final

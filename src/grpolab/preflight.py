@@ -18,11 +18,11 @@ parameter: 2 for bf16, 4 for fp32; `model.dtype: auto` is bf16 on GPU, fp32 on C
                  (two RMSNorms with their fp32 upcast, q/k norms, RoPE, SDPA inputs/outputs, SwiGLU);
                  without checkpointing L T ACT_ELEMS b; with it L T H b (saved layer inputs) + one
                  layer recomputed, T ACT_ELEMS b
-    logits       T V b (lm_head over every position) + R V x LOGIT_FP32_BYTES (R = micro x
-                 max_response_length response tokens; fp32 temperature-scaled logits, log-softmax and
-                 the softmax kept for the entropy, and their gradients in backward): the trainer
-                 computes full-vocabulary log-probs, so with V = 151,936 this term dominates long
-                 responses
+    logits       C V x LOGIT_FP32_BYTES, C = trainer.logits_chunk_tokens (0: all R = micro x
+                 max_response_length response tokens): the LM head runs over response positions only,
+                 one checkpointed chunk of C tokens at a time (grpolab.logprobs), whose fp32
+                 temperature-scaled logits, log-softmax, softmax for the entropy and their gradients
+                 are alive at once; with V = 151,936 and no chunking this term dominates long responses
     rollout      vllm: rollout.gpu_memory_utilization x device memory (vLLM's own weights + KV cache;
                  KV tokens it holds = (budget - N x 2) / (2 L kv 2)); with sleep mode vLLM releases it
                  during training, without it stays reserved. hf: the KV cache of one generate call
@@ -45,8 +45,11 @@ weights, AdamW, the trainer's log-prob + entropy path, one forward/backward/step
     2 x 2,048        no              25.0       25.4  (+2%)
     8 x 512          no              20.4       21.4  (+5%)
 
-The full-vocabulary logits dominate: 24-30 bytes per response token per vocab entry were measured
-(LOGIT_FP32_BYTES = 28), so the recipe's 32,768-token responses need ~130 GB for one sequence.
+Those six were measured before the chunked head existed, when the trainer kept the full-vocabulary
+logits (then T V b + R V x 28): 24-30 bytes per response token per vocab entry were measured
+(LOGIT_FP32_BYTES = 28), so the recipe's 32,768-token responses needed ~130 GB for one sequence. The
+chunked head keeps C tokens' worth of that instead (1024 tokens: 4.1 GiB); its CPU measurement is
+benchmarks/logp_memory.py, a GPU re-check of the table is still to do.
 """
 from __future__ import annotations
 
@@ -130,6 +133,7 @@ def estimate(p, model_config: dict, device_memory_gb: float = 80.0, device: str 
     seq = p.max_prompt_length + Lr
     T, R = micro * seq, micro * Lr
     offload = bool(getattr(p.trainer, "param_offload", False))
+    chunk = p.trainer.logits_chunk_tokens
 
     act_elems = ACT_ELEMS["H"] * H + ACT_ELEMS["I"] * I + ACT_ELEMS["q"] * q + ACT_ELEMS["kv"] * kv
     shard = 0 if offload else N * b / W
@@ -141,7 +145,7 @@ def estimate(p, model_config: dict, device_memory_gb: float = 80.0, device: str 
         "fsdp_gather": 2 * max(s["layer_params"], s["embedding_params"]) * b if (W > 1 or offload) else 0.0,
         "activations_no_gc": L * T * act_elems * b,
         "activations_gc": L * T * H * b + T * act_elems * b,
-        "logits": T * V * b + R * V * LOGIT_FP32_BYTES,
+        "logits": min(chunk or R, R) * V * LOGIT_FP32_BYTES,
     }
     gc = p.model.gradient_checkpointing
     mem["activations"] = mem["activations_gc" if gc else "activations_no_gc"]
@@ -178,7 +182,7 @@ def estimate(p, model_config: dict, device_memory_gb: float = 80.0, device: str 
         "model": {**s, "params_per_gpu": N / W},
         "world_size": W, "param_bytes": b, "device": device, "engine": engine, "sleep_mode": sleep,
         "gradient_checkpointing": gc, "param_offload": offload, "micro_batch": micro,
-        "max_response_length": Lr,
+        "max_response_length": Lr, "logits_chunk_tokens": chunk,
         "memory_gb": {k: v / GIB for k, v in mem.items()},
         "kv_cache_budget_gb": kv_budget / GIB,
         "phases_gb": {"train": train_phase / GIB, "rollout": rollout_phase / GIB},
@@ -206,9 +210,15 @@ def estimate(p, model_config: dict, device_memory_gb: float = 80.0, device: str 
 
 
 def what_fits(p, model_config: dict, device_memory_gb: float = 80.0, device: str = "cuda") -> list[str]:
-    """Suggestions that would fit: a smaller micro-batch, else a shorter max_response_length."""
+    """Suggestions that would fit: a chunked LM head, a smaller micro-batch, else a shorter
+    max_response_length."""
     est = lambda **kw: estimate(p, model_config, device_memory_gb, device, **kw)  # noqa: E731
     micro = p.trainer.ppo_micro_batch_size_per_gpu
+    chunk = p.trainer.logits_chunk_tokens
+    if chunk == 0 or chunk > 1024:
+        q = p.model_copy(update={"trainer": p.trainer.model_copy(update={"logits_chunk_tokens": 1024})})
+        if estimate(q, model_config, device_memory_gb, device)["fits"]:
+            return ["the LM head in 1024-token chunks fits: `dvc exp run -S trainer.logits_chunk_tokens=1024`"]
     for m in range(micro - 1, 0, -1):
         if est(micro_batch=m)["fits"]:
             return [f"ppo_micro_batch_size_per_gpu {m} fits: `dvc exp run -S trainer.ppo_micro_batch_size_per_gpu={m}`"]
@@ -219,8 +229,7 @@ def what_fits(p, model_config: dict, device_memory_gb: float = 80.0, device: str
     if lo >= 256:
         cap = lo // 256 * 256
         return [f"even micro-batch 1 needs more; max_response_length {cap} fits with micro-batch 1: "
-                f"`dvc exp run -S trainer.ppo_micro_batch_size_per_gpu=1 -S max_response_length={cap}` "
-                f"(or compute log-probs in chunks over the vocabulary)"]
+                f"`dvc exp run -S trainer.ppo_micro_batch_size_per_gpu=1 -S max_response_length={cap}`"]
     return ["nothing smaller fits on this device: use more GPUs (`n_gpus_per_node`), "
             "trainer.param_offload, or a larger device"]
 
@@ -237,7 +246,7 @@ def summary_rows(est: dict) -> list[tuple[str, str]]:
         ("FSDP gather buffers", f"{m['fsdp_gather']:.2f} GB"),
         (f"activations ({gc} checkpointing)", f"{m['activations']:.2f} GB for {t['per_micro_batch']:,} tokens "
                                              f"(with: {m['activations_gc']:.2f}, without: {m['activations_no_gc']:.2f})"),
-        ("logits (full vocabulary)", f"{m['logits']:.2f} GB"),
+        ("logits (LM head chunk)", f"{m['logits']:.2f} GB for {est['logits_chunk_tokens'] or 'all'} tokens"),
         (f"rollout ({est['engine']})", f"{m['rollout']:.2f} GB; KV cache {est['kv_cache_budget_gb']:.2f} GB = "
                                        f"{t['kv_cache_tokens']:,} tokens ({t['kv_cache_sequences']:,} full sequences)"
                                        + (", released in training (sleep mode)" if est["sleep_mode"] else "")),

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from . import algo, checkpoint, data, dist, health, models
+from . import algo, checkpoint, data, dist, health, logprobs, models
 from .config import Params
 from .reward import RewardScorer, reward_metrics
 from .rollout import Sampling, make_engine
@@ -76,22 +76,24 @@ def build_batch(rollout, pad_id: int, device) -> dict:
             "position_ids": pos.to(device), "response_mask": resp_mask.to(device), "P": P}
 
 
-def forward_logp(model, batch: dict, idx, temperature: float, with_entropy: bool):
-    """Log-probs (and entropy) of the response tokens at the sampling temperature. (n, R)"""
+def forward_logp(model, batch: dict, idx, temperature: float, with_entropy: bool, chunk: int = 1024):
+    """Log-probs (and entropy) of the response tokens at the sampling temperature. (n, R)
+
+    The LM head runs over the response positions only, `chunk` tokens at a time (grpolab.logprobs):
+    the full (n, P + R, V) logits are never materialised."""
     P = batch["P"]
-    out = model(input_ids=batch["input_ids"][idx], attention_mask=batch["attention_mask"][idx],
-                position_ids=batch["position_ids"][idx], use_cache=False)
-    logits = out.logits[:, P - 1:-1].float() / temperature  # (n, R, V)
     targets = batch["input_ids"][idx, P:]  # (n, R)
-    logp = torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    ent = algo.entropy_from_logits(logits) if with_entropy else None
-    return logp, ent
+    with logprobs.head_stats(model, targets, temperature, chunk, with_entropy):
+        out = model(input_ids=batch["input_ids"][idx], attention_mask=batch["attention_mask"][idx],
+                    position_ids=batch["position_ids"][idx], use_cache=False, logits_to_keep=targets.shape[1] + 1)
+    stats = out.logits.reshape(*targets.shape, 2)  # (n, R, [log-prob, entropy])
+    return stats[..., 0], (stats[..., 1] if with_entropy else None)
 
 
 @torch.no_grad()
-def logp_all(model, batch, temperature, micro: int) -> torch.Tensor:
+def logp_all(model, batch, temperature, micro: int, chunk: int = 1024) -> torch.Tensor:
     N = batch["input_ids"].shape[0]
-    parts = [forward_logp(model, batch, slice(s, s + micro), temperature, False)[0]
+    parts = [forward_logp(model, batch, slice(s, s + micro), temperature, False, chunk)[0]
              for s in range(0, N, micro)]
     return torch.cat(parts)
 
@@ -234,8 +236,9 @@ class Trainer:
         t1 = time.perf_counter()
         micro = p.trainer.ppo_micro_batch_size_per_gpu
         self.model.eval()
-        old_logp = logp_all(self.model, batch, p.temperature, micro)
-        ref_logp = logp_all(self.ref, batch, p.temperature, micro) if self.ref is not None else None
+        chunk = p.trainer.logits_chunk_tokens
+        old_logp = logp_all(self.model, batch, p.temperature, micro, chunk)
+        ref_logp = logp_all(self.ref, batch, p.temperature, micro, chunk) if self.ref is not None else None
         # 5. ppo_epochs x mini-batches of updates
         self.model.train()
         metrics.update(self.update(batch, old_logp, ref_logp, adv.to(self.device), keep))
@@ -277,7 +280,8 @@ class Trainer:
                 self.opt.zero_grad(set_to_none=True)
                 for s in range(0, len(rows), micro):
                     idx = rows[s:s + micro]
-                    logp, ent = forward_logp(self.model, batch, idx, p.temperature, True)
+                    logp, ent = forward_logp(self.model, batch, idx, p.temperature, True,
+                                             p.trainer.logits_chunk_tokens)
                     loss, st = algo.actor_loss(
                         logp, old_logp[idx], None if ref_logp is None else ref_logp[idx], adv[idx],
                         mask[idx], ent, self.loss_cfg)

@@ -1,0 +1,81 @@
+"""Chunked response log-probs/entropy (grpolab.logprobs) against the plain full-logits computation,
+values and gradients, on a real (small, random) Qwen3 model."""
+import pytest
+import torch
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+from grpolab import algo
+from grpolab.trainer import forward_logp, logp_all
+
+P, R, V = 5, 9, 97
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    cfg = Qwen3Config(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, tie_word_embeddings=True,
+                      max_position_embeddings=64)
+    m = Qwen3ForCausalLM(cfg).float()
+    for w in m.parameters():  # larger weights than the init: logits far from uniform
+        torch.nn.init.normal_(w, std=0.3)
+    return m
+
+
+@pytest.fixture(scope="module")
+def batch():
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, V, (3, P + R), generator=g)
+    att = torch.ones_like(ids)
+    att[0, :2] = 0  # left padding in the prompt
+    att[2, P + 6:] = 0  # a response that ended early
+    pos = (att.cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": ids, "attention_mask": att, "position_ids": pos, "P": P}
+
+
+def plain(model, b, idx, temperature):
+    """The textbook computation: every logit, fp32 log-softmax, entropy of the softmax."""
+    out = model(input_ids=b["input_ids"][idx], attention_mask=b["attention_mask"][idx],
+                position_ids=b["position_ids"][idx], use_cache=False)
+    z = out.logits[:, P - 1:-1].float() / temperature
+    logp = torch.log_softmax(z, -1).gather(-1, b["input_ids"][idx, P:].unsqueeze(-1)).squeeze(-1)
+    return logp, algo.entropy_from_logits(z)
+
+
+def loss_of(logp, ent):
+    w = torch.linspace(-1, 1, logp.numel()).reshape(logp.shape)
+    return (logp * w).sum() + 0.1 * ent.sum()
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1024, 0])
+def test_chunked_values_and_grads_equal_the_full_logits(model, batch, chunk):
+    idx = slice(0, 3)
+    ref_lp, ref_ent = plain(model, batch, idx, 0.7)
+    model.zero_grad()
+    loss_of(ref_lp, ref_ent).backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    model.zero_grad()
+    lp, ent = forward_logp(model, batch, idx, 0.7, True, chunk)
+    assert lp.shape == ent.shape == (3, R)
+    torch.testing.assert_close(lp, ref_lp, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent, ref_ent, atol=1e-5, rtol=1e-5)
+    assert (ref_ent > 0.5).all()  # a real distribution, not a degenerate one
+    loss_of(lp, ent).backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref_grads[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_no_grad_path_and_the_head_is_restored(model, batch):
+    lp = logp_all(model, batch, 1.3, micro=2, chunk=5)
+    ref_lp, _ = plain(model, batch, slice(0, 3), 1.3)
+    torch.testing.assert_close(lp, ref_lp, atol=1e-5, rtol=1e-5)
+    assert forward_logp(model, batch, slice(0, 1), 1.3, False, 5)[1] is None
+    # after the block the model is the plain causal LM again: full vocabulary logits
+    assert model(input_ids=batch["input_ids"][:1]).logits.shape == (1, P + R, V)
+
+
+def test_an_error_inside_the_forward_still_restores_the_head(model, batch):
+    with pytest.raises(RuntimeError):  # P = 0: one target more than positions that predict one
+        forward_logp(model, {**batch, "P": 0}, slice(0, 1), 1.0, True, 4)
+    assert model(input_ids=batch["input_ids"][:1]).logits.shape[-1] == V
