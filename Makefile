@@ -6,6 +6,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 WORKDIR ?= demo
+# two pytest workers (this project's CI machine has 2 cores); report+compare share one workspace
+PYTEST_JOBS ?= 2
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test test-fast mlflow-server clean
@@ -26,10 +28,10 @@ demo: setup
 	$(BIN)/grpolab demo --workdir $(WORKDIR) --force
 
 test: setup
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n $(PYTEST_JOBS) --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: setup
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m "not e2e" $(PYTEST_ARGS)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n $(PYTEST_JOBS) --dist loadgroup -m "not e2e" $(PYTEST_ARGS)
 
 mlflow-server: setup
 	$(BIN)/mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlflow.db

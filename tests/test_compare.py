@@ -12,7 +12,7 @@ import pytest
 
 from test_report import BIN, shared_workspace
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("reportws")]  # one worker builds the shared workspace
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 
 from grpolab.demo import run_demo
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("demo")]  # one worker builds the demo
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("reportws")]  # one worker builds the shared workspace
 
 BIN = Path(sys.executable).parent
 STEPS = 4
@@ -182,7 +183,9 @@ def test_progress_lists_every_train_run_with_its_best(shared):
 
 
 def test_report_regenerates_without_retraining_and_shows_push_state(shared, tmp_path):
-    ws, env = shared["ws"], shared["env"]
+    # on a copy: the shared workspace stays as built for the other tests, in any order
+    ws, env = tmp_path / "ws", shared["env"]
+    shutil.copytree(shared["ws"], ws, symlinks=True)
     logs: dict = {}
     con = sqlite3.connect(ws / "mlflow.db")
     n_runs = con.execute("select count(*) from runs").fetchone()[0]
