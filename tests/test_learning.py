@@ -1,14 +1,16 @@
 """Does the trainer learn? GRPO on the built-in toy task (a+b, operands 0..4) with the tiny model.
 
 The tiny model starts from a format-only warm-up (`\\boxed{N}` with N random), so its score starts
-near chance (~1/19). The recipe below takes `critic/score/mean` from 0.04 to 0.92 in 100 steps
-(~110 s on a busy 2-core CPU); the same run with the advantage sign flipped goes 0.04 -> 0.02
-(~135 s). The flipped run proves the learning assertion can fail: it measures the policy gradient.
+near chance (~1/19). The recipe below takes `critic/score/mean` from 0.065 to 0.845 in 100 steps
+(~125 s on a 2-core CPU); the same run with the advantage sign flipped goes 0.031 -> 0.014
+(~125 s). The flipped run proves the learning assertion can fail: it measures the policy gradient.
 
-Margins measured with this recipe (mean of the last 5 steps at step 100): trainer seeds 0-3 on the
-seed-0 model gave 0.92 / 0.92 / 0.85 / 0.97. Other *model* seeds learn later (seeds 1 and 2: 0.73
-and 0.68 at step 100, 0.91 and 0.89 at step 120), and after ~110 steps the near-deterministic
-policy drifts (facts forgotten and relearned, dips to ~0.6), so more steps are not simply safer.
+Margins measured with this recipe and the per-response sampler (`rollout.RowSampler`, 2026-11-26;
+mean of the last 5 steps at step 100): trainer seeds 0-4 on the seed-0 model gave 0.845 / 0.946 /
+0.941 / 0.859 / 0.931 (seed 0's last steps swing 0.71-0.95). Other *model* seeds learned later with
+the earlier sampler (seeds 1 and 2: 0.73 and 0.68 at step 100, 0.91 and 0.89 at step 120), and
+after ~110 steps the near-deterministic policy drifts (facts forgotten and relearned, dips to
+~0.6), so more steps are not simply safer.
 
 Why the recipe looks the way it does (each found by measurement, see the issue's report):
 - kl_loss_coef 0.3 (low_var_kl to the warmed-up model): keeps the answer format intact and some

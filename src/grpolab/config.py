@@ -51,7 +51,7 @@ class RolloutCfg(_Strict):
     engine: Literal["hf", "vllm"] = "hf"  # hf: transformers generate on the FSDP2 model; vllm: not built yet
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)  # vLLM KV-cache budget share
     enable_sleep_mode: bool = True  # vLLM frees its memory during the training phase
-    hf_prompts_per_call: int = Field(1, gt=0)  # hf engine: prompts per generate call; 1 seeds each
+    hf_prompts_per_call: int = Field(1, gt=0)  # hf engine: prompts per generate call (results do not depend on it)
     # prompt's group from (seed, step, prompt index), so rollouts do not depend on the world size
 
 

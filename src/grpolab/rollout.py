@@ -48,12 +48,47 @@ def gathered(model):
             m.set_reshard_after_forward(True, recurse=False)
 
 
+def response_seed(prompt_seed: int, k: int) -> int:
+    """The sampling seed of a prompt's k-th response."""
+    return (prompt_seed * 1_000_033 + k * 7_919 + 1) % (2**63)
+
+
+class RowSampler:
+    """A `generate` logits processor that samples each row's next token from the row's own RNG, at
+    `temperature` and nucleus `top_p`, and returns logits that leave `generate` no other choice
+    (0 for that token, -inf elsewhere). A response then depends only on its seed, not on which other
+    prompts share its batch, how many there are, or which rank runs it. `generate` itself must be
+    called with temperature 1, top_p 1 and top_k 0, so that nothing warps the scores twice.
+
+    Sampling is by inverse CDF: u ~ U[0, 1) from the row's generator, token = first index whose
+    cumulative probability exceeds u (tokens in vocabulary order; top-p keeps the smallest set of the
+    most probable tokens whose mass reaches top_p, as transformers' TopPLogitsWarper does)."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, device):
+        self.gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)  # (rows, V)
+        if self.top_p < 1.0:
+            p_sorted, order = probs.sort(dim=-1, descending=True)
+            drop_sorted = (p_sorted.cumsum(-1) - p_sorted) >= self.top_p  # mass before it already enough
+            probs = probs.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), 0.0)
+            probs = probs / probs.sum(-1, keepdim=True)
+        u = torch.stack([torch.rand((), generator=g, device=probs.device) for g in self.gens])
+        cdf = probs.cumsum(-1)
+        tokens = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).clamp(max=probs.shape[-1] - 1)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter(-1, tokens, 0.0)
+
+
 class HFEngine:
     """Sampling with transformers `generate` on the live (FSDP2-sharded) policy model.
 
-    With `seeds`, each call's sampling RNG is seeded, so a prompt's responses depend only on its
-    seed, not on which rank or batch it lands in. Under several ranks `synced_gpus` keeps every rank
-    stepping until all are done (FSDP all-gathers in every forward)."""
+    With `seeds` (one per prompt), every response is sampled from its own RNG (`RowSampler`), so a
+    prompt's responses depend only on its seed, not on which rank or batch it lands in, nor on
+    `prompts_per_call`. Under several ranks `synced_gpus` keeps every rank stepping until all are
+    done (FSDP all-gathers in every forward)."""
 
     def __init__(self, model, tokenizer, prompts_per_call: int = 1):
         self.model, self.tok, self.per_call = model, tokenizer, prompts_per_call
@@ -82,17 +117,20 @@ class HFEngine:
         out_prompts, out_resps, groups, trunc = [], [], [], []
         for start in range(0, len(prompt_ids), per_call):
             chunk = prompt_ids[start:start + per_call]
-            if seeds is not None:
-                torch.manual_seed(seeds[start])
             width = max(len(p) for p in chunk)
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
             for i, p in enumerate(chunk):  # left padding
                 ids[i, width - len(p):] = torch.tensor(p)
                 mask[i, width - len(p):] = 1
+            if seeds is not None:  # rows are prompt-major: row = prompt * n + k
+                rows = [response_seed(seeds[start + i], k) for i in range(len(chunk)) for k in range(sampling.n)]
+                warp = {"temperature": 1.0, "top_p": 1.0,
+                        "logits_processor": [RowSampler(rows, sampling.temperature, sampling.top_p, dev)]}
+            else:
+                warp = {"temperature": sampling.temperature, "top_p": sampling.top_p}
             seqs = self.model.generate(
-                input_ids=ids.to(dev), attention_mask=mask.to(dev), do_sample=True,
-                temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
+                input_ids=ids.to(dev), attention_mask=mask.to(dev), do_sample=True, top_k=0, **warp,
                 max_new_tokens=sampling.max_new_tokens, num_return_sequences=sampling.n,
                 eos_token_id=eos, pad_token_id=pad, use_cache=True, synced_gpus=synced,
             )  # (len(chunk)*n, width + new)
