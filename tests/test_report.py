@@ -231,3 +231,39 @@ def test_secret_key_is_written_nowhere(shared):
     scanned = sum(1 for r in (ws, home) for f in r.rglob("*") if f.is_file())
     assert scanned > 100 and (ws / "mlflow.db").exists() and list((ws / "wandb").iterdir())
     assert not hits, f"W&B key found in: {hits}"
+
+
+def test_queued_sweep_two_at_once_lands_in_the_main_store(shared, tmp_path):
+    """`dvc exp run --queue -S ppo_epochs=2,3` then `dvc queue start -j 2`: both experiments run at
+    once in DVC's temporary copies, and their MLflow records land, whole, in the repository's own
+    store (on a copy of the shared workspace)."""
+    ws, env = tmp_path / "ws", shared["env"]
+    shutil.copytree(shared["ws"], ws, symlinks=True)
+    logs: dict = {}
+    _sh(["git", "checkout", "--", "."], ws, env, logs, "reset")  # the baseline's params
+    before = {r for (r,) in sqlite3.connect(ws / "mlflow.db").execute("select run_uuid from runs")}
+    _sh(["dvc", "exp", "run", "--queue", "-S", "ppo_epochs=2,3"], ws, env, logs, "queue")
+    _sh(["dvc", "queue", "start", "-j", "2"], ws, env, logs, "start")
+    deadline = time.time() + 600
+    while True:
+        status = _sh(["dvc", "queue", "status"], ws, env, logs, "status").stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        assert time.time() < deadline, f"queue still busy after 600 s:\n{status}"
+        time.sleep(5)
+    assert status.count("Success") == 2, status
+    con = sqlite3.connect(ws / "mlflow.db")
+    assert con.execute("pragma integrity_check").fetchone()[0] == "ok"
+    new = [r for (r,) in con.execute("select run_uuid from runs where name like '%-train'") if r not in before]
+    assert len(new) == 2, new
+    seen = {}
+    for run in new:
+        params = dict(con.execute("select key, value from params where run_uuid=?", (run,)))
+        tags = dict(con.execute("select key, value from tags where run_uuid=?", (run,)))
+        steps = [s for (s,) in con.execute("select step from metrics where run_uuid=? and key='critic/score/mean' "
+                                           "order by step", (run,))]
+        assert steps == list(range(1, STEPS + 1)), (run, steps)  # every step, once
+        assert tags.get("dvc.exp_name") and tags.get("git.commit")
+        seen[params["ppo_epochs"]] = tags["dvc.exp_name"]
+    assert set(seen) == {"2", "3"} and len(set(seen.values())) == 2
+    assert not list((ws / ".dvc" / "tmp").rglob("mlflow.db"))  # nothing left in DVC's copies
