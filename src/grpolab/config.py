@@ -51,8 +51,9 @@ class RolloutCfg(_Strict):
     engine: Literal["hf", "vllm"] = "hf"  # hf: transformers generate on the FSDP2 model; vllm: not built yet
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)  # vLLM KV-cache budget share
     enable_sleep_mode: bool = True  # vLLM frees its memory during the training phase
-    hf_prompts_per_call: int = Field(1, gt=0)  # hf engine: prompts per generate call (results do not depend on it)
-    # prompt's group from (seed, step, prompt index), so rollouts do not depend on the world size
+    # hf engine: prompts per generate call. Each response is sampled from its own seed (from seed,
+    # step, prompt index), so rollouts depend neither on this nor on the world size
+    hf_prompts_per_call: int = Field(1, gt=0)
 
 
 class ValCfg(_Strict):

@@ -119,11 +119,12 @@ def _param_bytes(p, device: str) -> int:
 
 
 def estimate(p, model_config: dict, device_memory_gb: float = 80.0, device: str = "cuda",
-             micro_batch: int | None = None, max_response_length: int | None = None) -> dict:
+             micro_batch: int | None = None, max_response_length: int | None = None,
+             logits_chunk_tokens: int | None = None) -> dict:
     """Per-GPU memory (GiB) by component and phase, tokens per step, and whether it fits.
 
-    `p` is a validated `Params`; `micro_batch` / `max_response_length` override the params (used to
-    search for what would fit)."""
+    `p` is a validated `Params`; `micro_batch` / `max_response_length` / `logits_chunk_tokens`
+    override the params (used to search for what would fit)."""
     s = shape(model_config)
     N, H, L, V, I, q, kv = s["params"], s["H"], s["L"], s["V"], s["I"], s["q"], s["kv"]
     W = p.n_gpus_per_node * p.nnodes
@@ -133,7 +134,7 @@ def estimate(p, model_config: dict, device_memory_gb: float = 80.0, device: str 
     seq = p.max_prompt_length + Lr
     T, R = micro * seq, micro * Lr
     offload = bool(getattr(p.trainer, "param_offload", False))
-    chunk = p.trainer.logits_chunk_tokens
+    chunk = p.trainer.logits_chunk_tokens if logits_chunk_tokens is None else logits_chunk_tokens
 
     act_elems = ACT_ELEMS["H"] * H + ACT_ELEMS["I"] * I + ACT_ELEMS["q"] * q + ACT_ELEMS["kv"] * kv
     shard = 0 if offload else N * b / W
@@ -215,10 +216,8 @@ def what_fits(p, model_config: dict, device_memory_gb: float = 80.0, device: str
     est = lambda **kw: estimate(p, model_config, device_memory_gb, device, **kw)  # noqa: E731
     micro = p.trainer.ppo_micro_batch_size_per_gpu
     chunk = p.trainer.logits_chunk_tokens
-    if chunk == 0 or chunk > 1024:
-        q = p.model_copy(update={"trainer": p.trainer.model_copy(update={"logits_chunk_tokens": 1024})})
-        if estimate(q, model_config, device_memory_gb, device)["fits"]:
-            return ["the LM head in 1024-token chunks fits: `dvc exp run -S trainer.logits_chunk_tokens=1024`"]
+    if (chunk == 0 or chunk > 1024) and est(logits_chunk_tokens=1024)["fits"]:
+        return ["the LM head in 1024-token chunks fits: `dvc exp run -S trainer.logits_chunk_tokens=1024`"]
     for m in range(micro - 1, 0, -1):
         if est(micro_batch=m)["fits"]:
             return [f"ppo_micro_batch_size_per_gpu {m} fits: `dvc exp run -S trainer.ppo_micro_batch_size_per_gpu={m}`"]

@@ -80,10 +80,11 @@ class Tracker:
             uri = mlflow_uri(self.p, self.root)
             mlflow.set_tracking_uri(uri)
             mlflow.set_experiment(self.p.project_name)
+            self.mlflow_client = mlflow.tracking.MlflowClient()  # one client for the run's lifetime
             run_id = self.resume.get("mlflow_run_id")
             if run_id:
                 self.mlflow_run = mlflow.start_run(run_id=run_id)
-                hist = mlflow.tracking.MlflowClient().get_metric_history(run_id, "critic/score/mean")
+                hist = self.mlflow_client.get_metric_history(run_id, "critic/score/mean")
                 self.done["mlflow"] = max((m.step for m in hist), default=0)
             else:
                 self.mlflow_run = mlflow.start_run(run_name=self.run_name, tags=self.tags)
@@ -140,15 +141,13 @@ class Tracker:
         """Send every buffered step, oldest first. An unreachable server keeps them buffered (and
         training going); they are sent when it answers again, or saved to a file at close."""
         from mlflow.entities import Metric
-        from mlflow.tracking import MlflowClient
 
-        client = MlflowClient()
         while self.pending:
             metrics, step = self.pending[0]
             ts = int(time.time() * 1000)
             try:
-                client.log_batch(self.mlflow_run.info.run_id,
-                                 metrics=[Metric(k, v, ts, step) for k, v in metrics.items()])
+                self.mlflow_client.log_batch(self.mlflow_run.info.run_id,
+                                             metrics=[Metric(k, v, ts, step) for k, v in metrics.items()])
             except Exception as exc:
                 if not self.mlflow_down:
                     warn(f"MLflow unreachable at step {step} ({type(exc).__name__}); training goes on, "

@@ -76,7 +76,7 @@ def build_batch(rollout, pad_id: int, device) -> dict:
             "position_ids": pos.to(device), "response_mask": resp_mask.to(device), "P": P}
 
 
-def forward_logp(model, batch: dict, idx, temperature: float, with_entropy: bool, chunk: int = 1024):
+def forward_logp(model, batch: dict, idx, temperature: float, with_entropy: bool, chunk: int):
     """Log-probs (and entropy) of the response tokens at the sampling temperature. (n, R)
 
     The LM head runs over the response positions only, `chunk` tokens at a time (grpolab.logprobs):
@@ -91,7 +91,7 @@ def forward_logp(model, batch: dict, idx, temperature: float, with_entropy: bool
 
 
 @torch.no_grad()
-def logp_all(model, batch, temperature, micro: int, chunk: int = 1024) -> torch.Tensor:
+def logp_all(model, batch, temperature, micro: int, chunk: int) -> torch.Tensor:
     N = batch["input_ids"].shape[0]
     parts = [forward_logp(model, batch, slice(s, s + micro), temperature, False, chunk)[0]
              for s in range(0, N, micro)]
