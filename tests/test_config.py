@@ -74,8 +74,11 @@ def _cli(*args, cwd=None):
 
 
 def test_params_check_cli(tmp_path):
-    ok = _cli("params", "check", str(ROOT / "params.yaml"))
+    ok = _cli("params", "check", "--schema-only", str(ROOT / "params.yaml"))  # the GPU recipe (vllm)
     assert ok.returncode == 0 and "responses_per_step" in ok.stdout and "1,024" in ok.stdout
+    here = tmp_path / "hf.yaml"
+    here.write_text(yaml.safe_dump({"rollout": {"engine": "hf"}}))
+    assert _cli("params", "check", str(here)).returncode == 0  # runnable here with the hf engine
     bad = tmp_path / "params.yaml"
     bad.write_text(yaml.safe_dump({"temperature": 0, "top_p": 3, "typo_key": 1}))
     r = _cli("params", "check", str(bad))
@@ -93,9 +96,21 @@ def test_stage_refuses_bad_params_before_work(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-def test_vllm_engine_is_refused_before_any_work(tmp_path):
+def test_vllm_engine_without_vllm_or_cuda_is_refused_before_any_work(tmp_path):
+    """This machine has neither vLLM nor CUDA: `params check` and every stage say so, with the
+    install command, before any work (the schema alone accepts the recipe)."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"rollout": {"engine": "vllm"}}))
-    r = subprocess.run([sys.executable, str(ROOT / "pipelines" / "smoke.py")], cwd=tmp_path,
-                       capture_output=True, text=True)
-    assert r.returncode == 1 and "rollout.engine: 'vllm'" in r.stderr and "rollout.engine=hf" in r.stderr
+    for cmd in ([sys.executable, str(ROOT / "pipelines" / "smoke.py")],
+                [sys.executable, str(ROOT / "pipelines" / "train.py")],
+                [sys.executable, str(ROOT / "pipelines" / "evaluate.py")]):
+        r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+        assert r.returncode == 1 and "rollout.engine: 'vllm'" in r.stderr, (cmd, r.stderr)
+        assert "pip install -e '.[vllm]'" in r.stderr and "needs a CUDA GPU" in r.stderr
+        assert "Traceback" not in r.stderr
     assert not (tmp_path / "results").exists()
+    r = _cli("params", "check", str(tmp_path / "params.yaml"))
+    assert r.returncode == 1 and "pip install -e '.[vllm]'" in r.stderr and "Traceback" not in r.stderr
+    assert _cli("params", "check", "--schema-only", str(tmp_path / "params.yaml")).returncode == 0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"rollout": {"engine": "sglang"}}))
+    r = _cli("params", "check", str(tmp_path / "params.yaml"))
+    assert r.returncode == 1 and "rollout.engine: 'sglang'" in r.stderr and "'hf', 'vllm'" in r.stderr

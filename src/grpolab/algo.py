@@ -382,9 +382,18 @@ class LossConfig:
             raise ValueError(f"max_response_length must be > 0, got {self.max_response_length}")
 
 
+def tis_weights(old_logp: Tensor, rollout_logp: Tensor, cap: float) -> Tensor:
+    """Truncated importance-sampling weights min(exp(old_logp - rollout_logp), cap) per token (Yao et
+    al. 2025, "Your Efficient RL Framework Secretly Brings You Off-Policy RL Training"; verl
+    `tis_imp_ratio_cap`): corrects for the rollout engine sampling from slightly other numbers than the
+    trainer computes. No gradient flows through them."""
+    d = (old_logp - rollout_logp).detach()
+    return torch.exp(torch.clamp(d, max=math.log(cap)))
+
+
 def actor_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantages: Tensor,
                mask: Tensor, entropy: Tensor | None,
-               cfg: LossConfig) -> tuple[Tensor, dict[str, float]]:
+               cfg: LossConfig, token_weights: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
     """Loss of one micro-batch (verl `dp_actor.update_policy`):
 
         loss = agg(pg) + kl_loss_coef * agg_K(kl(logp, ref)) - entropy_coeff * agg(H)
@@ -394,6 +403,7 @@ def actor_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantag
     high-entropy tokens the clip range high_entropy_clip_ratio_low/high.
     logp/old_logp/ref_logp/entropy/mask (B, T); advantages (B,) or (B, T). ref_logp may be None
     when kl_loss_coef == 0; entropy may be None when entropy_coeff == 0 and Archer is off.
+    token_weights (B, T), optional, multiply the per-token policy-gradient loss (`tis_weights`).
     Metrics (floats): actor/pg_loss, actor/pg_clipfrac, actor/pg_clipfrac_lower, actor/ppo_kl
     (= mean_mask(old_logp - logp), log-ratio clamped to +-20 as verl), actor/kl_loss (when
     ref_logp is given), actor/entropy (agg of H, when given), actor/high_entropy_frac (Archer),
@@ -420,6 +430,8 @@ def actor_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantag
 
     pg_mat, pg_metrics = POLICY_LOSSES[cfg.policy_loss](
         logp, old_logp, adv, mask, clip_low, clip_high, cfg.clip_ratio_c)
+    if token_weights is not None:  # e.g. tis_weights: the policy-gradient term only, as verl
+        pg_mat = pg_mat * token_weights
     pg_loss = agg(pg_mat, mask)
     loss = pg_loss
     if ref_logp is not None:

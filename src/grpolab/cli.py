@@ -59,14 +59,28 @@ def run_stage(fn: Callable[[config.Params], object], argv: list[str] | None = No
     try:
         fn(p)
     except (StageFailed, DownloadError, DataError, LaunchError) as exc:
-        err.print(f"[red]error[/]: {exc}", highlight=False)
+        from rich.markup import escape
+
+        err.print(f"[red]error[/]: {escape(str(exc))}", highlight=False)
         sys.exit(1)
 
 
 @params_app.command("check")
-def params_check(path: Path = ParamsFile) -> None:
-    """Validate a params file; print derived values or every error."""
+def params_check(path: Path = ParamsFile,
+                 schema_only: bool = typer.Option(False, "--schema-only",
+                                                  help="check the params alone, not whether this machine "
+                                                       "can run them (rollout engine installed, CUDA)")) -> None:
+    """Validate a params file and that this machine can run it; print derived values or every error."""
     p = load_or_exit(path)
+    if not schema_only:
+        from .rollout import engine_errors
+
+        env = engine_errors(p)
+        if env:
+            err.print(f"[red]error[/]: {path}: valid params, but this machine cannot run them:")
+            for e in env:
+                err.print(f"  {e}", markup=False, highlight=False)
+            raise typer.Exit(1)
     t = Table(title=f"{path}: valid — derived values")
     t.add_column("derived")
     t.add_column("value", justify="right")

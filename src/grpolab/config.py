@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PosInt = Field(gt=0)
 Prob = Field(ge=0.0, le=1.0)
@@ -48,12 +48,31 @@ class DataCfg(_Strict):
 
 
 class RolloutCfg(_Strict):
-    engine: Literal["hf", "vllm"] = "hf"  # hf: transformers generate on the FSDP2 model; vllm: not built yet
-    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)  # vLLM KV-cache budget share
-    enable_sleep_mode: bool = True  # vLLM frees its memory during the training phase
+    # vllm: one colocated vLLM engine per training rank (GPU; `pip install -e '.[vllm]'`), the real
+    # recipe's engine; hf: transformers generate on the FSDP2 model (CPU, tests, demo). grpolab.rollout
+    engine: str = "vllm"
+    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)  # vLLM: share of GPU memory (weights + KV cache)
+    enable_sleep_mode: bool = True  # vLLM frees its memory during log-probs and updates
+    sleep_level: Literal[1, 2] = 2  # vLLM sleep level: 1 keeps weights in CPU memory, 2 drops them (pushed anyway)
+    tensor_parallel_size: int = Field(1, gt=0)  # vLLM tensor parallel size (must divide n_gpus_per_node)
+    enforce_eager: bool = False  # vLLM: skip CUDA graphs (faster start-up, slower decoding)
+    weight_bucket_mb: int = Field(512, gt=0)  # vLLM weight push: MiB handed to load_weights at once
+    check_weights: bool = True  # vLLM: checksum every pushed tensor read back from the engine (TP 1)
+    # one seed per response (from seed, step, prompt index): rollouts independent of world size and
+    # batching; false lets vLLM batch-sample from its engine seed (faster, not world-size independent)
+    seed_responses: bool = True
     # hf engine: prompts per generate call. Each response is sampled from its own seed (from seed,
     # step, prompt index), so rollouts depend neither on this nor on the world size
     hf_prompts_per_call: int = Field(1, gt=0)
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, v: str) -> str:
+        from .rollout import ENGINES
+
+        if v not in ENGINES:
+            raise ValueError(f"must be one of {sorted(ENGINES)}")
+        return v
 
 
 class ValCfg(_Strict):
@@ -168,6 +187,10 @@ class Params(_Strict):
     filter_groups: bool = False  # drop groups whose rewards are all 0 or all 1 (DAPO)
     overlong_buffer_len: int = Field(0, ge=0)  # DAPO overlong penalty buffer (0 = off)
     overlong_penalty_factor: float = Field(1.0, ge=0.0)
+    # Truncated importance sampling against the rollout engine's own log-probs (Yao et al. 2025, "Your
+    # Efficient RL Framework Secretly Brings You Off-Policy RL Training"; verl `tis_imp_ratio_cap`):
+    # the policy loss of each token is weighted by min(exp(old_logp - rollout_logp), cap). null = off.
+    tis_imp_ratio_cap: float | None = Field(None, gt=1.0)
     # --- sampling -----------------------------------------------------------------------------
     temperature: float = Field(1.0, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -234,6 +257,9 @@ def batch_rule_errors(d: dict) -> list[str]:
     rule(lambda: sm["train_prompt_bsz"] % sm["train_prompt_mini_bsz"] and (
         f"smoke.train_prompt_mini_bsz: {sm['train_prompt_mini_bsz']} — must divide "
         f"smoke.train_prompt_bsz ({sm['train_prompt_bsz']})"))
+    rule(lambda: d.get("tis_imp_ratio_cap") is not None and d["rollout"]["engine"] == "hf" and (
+        f"tis_imp_ratio_cap: {d['tis_imp_ratio_cap']} — needs an engine that reports its sampling "
+        f"log-probs (rollout.engine: vllm); the hf engine samples with the trainer's own weights"))
     rule(lambda: d["overlong_buffer_len"] >= d["max_response_length"] and (
         f"overlong_buffer_len: {d['overlong_buffer_len']} — must be smaller than "
         f"max_response_length ({d['max_response_length']})"))

@@ -211,13 +211,20 @@ def write_manifest(model_dir: Path, out: Path, source: str, revision: str) -> di
     return manifest
 
 
-def load(model_dir: str | Path, dtype=None, device: str = "cpu"):
-    """Load (model, tokenizer) from a directory written by `fetch`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(model_dir: str | Path):
+    """The tokenizer of a model directory, left-padding, with a pad token."""
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    return tok
+
+
+def load(model_dir: str | Path, dtype=None, device: str = "cpu"):
+    """Load (model, tokenizer) from a directory written by `fetch`."""
+    from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
-    return model, tok
+    return model, load_tokenizer(model_dir)

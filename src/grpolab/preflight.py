@@ -23,10 +23,11 @@ parameter: 2 for bf16, 4 for fp32; `model.dtype: auto` is bf16 on GPU, fp32 on C
                  one checkpointed chunk of C tokens at a time (grpolab.logprobs), whose fp32
                  temperature-scaled logits, log-softmax, softmax for the entropy and their gradients
                  are alive at once; with V = 151,936 and no chunking this term dominates long responses
-    rollout      vllm: rollout.gpu_memory_utilization x device memory (vLLM's own weights + KV cache;
-                 KV tokens it holds = (budget - N x 2) / (2 L kv 2)); with sleep mode vLLM releases it
-                 during training, without it stays reserved. hf: the KV cache of one generate call
-                 (hf_prompts_per_call x n_resp_per_prompt sequences of max length)
+    rollout      the engine's own term (`memory()` of its class in grpolab.rollout / rollout_vllm):
+                 vllm: rollout.gpu_memory_utilization x device memory (vLLM's own weights + KV cache;
+                 KV tokens it holds = (budget - N x 2 / TP) / (2 L kv 2 / TP)); with sleep mode vLLM
+                 releases it during training, without it stays reserved. hf: the KV cache of one
+                 generate call (hf_prompts_per_call x n_resp_per_prompt sequences of max length)
     overhead     OVERHEAD_GB: CUDA context, NCCL buffers and allocator fragmentation
 
 Phases: train = weights + grads + optimizer + reference + gather + activations + logits (+ vLLM budget
@@ -56,11 +57,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .rollout import engine_class
+
 GIB = 2**30
 ACT_ELEMS = {"H": 6, "I": 4, "q": 6, "kv": 5}  # activation elements per token per layer (see above)
 LOGIT_FP32_BYTES = 28  # bytes per response token per vocab entry beyond the lm_head output (measured)
 OVERHEAD_GB = 1.0
-VLLM_WEIGHT_BYTES = 2  # vLLM serves bf16 weights
 
 
 class PreflightError(ValueError):
@@ -150,20 +152,15 @@ def estimate(p, model_config: dict, device_memory_gb: float = 80.0, device: str 
     }
     gc = p.model.gradient_checkpointing
     mem["activations"] = mem["activations_gc" if gc else "activations_no_gc"]
-    kv_per_token = 2 * L * kv * b  # K and V of every layer
     dev = device_memory_gb * GIB
     engine = p.rollout.engine
-    if engine == "vllm":
-        mem["rollout"] = p.rollout.gpu_memory_utilization * dev
-        kv_budget = mem["rollout"] - N * VLLM_WEIGHT_BYTES
-        kv_tokens = max(0, int(kv_budget // (2 * L * kv * VLLM_WEIGHT_BYTES)))
-    else:
-        per_call = getattr(p.rollout, "hf_prompts_per_call", 1) * p.n_resp_per_prompt
-        mem["rollout"] = per_call * seq * kv_per_token
-        kv_budget, kv_tokens = mem["rollout"], per_call * seq
-    sleep = engine == "vllm" and p.rollout.enable_sleep_mode
+
+    at_len = p if Lr == p.max_response_length else p.model_copy(update={"max_response_length": Lr})
+    em = engine_class(engine).memory(at_len, s, dev, b)  # each engine sizes its own term
+    mem["rollout"] = em.rollout_bytes
+    kv_budget, kv_tokens, sleep = em.kv_budget_bytes, em.kv_tokens, em.released_in_training
     train_phase = (mem["weights"] + mem["grads"] + mem["optimizer"] + mem["reference"] + mem["fsdp_gather"]
-                   + mem["activations"] + mem["logits"] + (0.0 if sleep or engine != "vllm" else mem["rollout"]))
+                   + mem["activations"] + mem["logits"] + (0.0 if sleep else mem["rollout"]))
     rollout_phase = mem["weights"] + mem["optimizer"] + mem["reference"] + mem["rollout"]
     peak = max(train_phase, rollout_phase) + OVERHEAD_GB * GIB
 
@@ -181,7 +178,7 @@ def estimate(p, model_config: dict, device_memory_gb: float = 80.0, device: str 
     }
     out = {
         "model": {**s, "params_per_gpu": N / W},
-        "world_size": W, "param_bytes": b, "device": device, "engine": engine, "sleep_mode": sleep,
+        "world_size": W, "param_bytes": b, "device": device, "engine": engine, "released_in_training": sleep,
         "gradient_checkpointing": gc, "param_offload": offload, "micro_batch": micro,
         "max_response_length": Lr, "logits_chunk_tokens": chunk,
         "memory_gb": {k: v / GIB for k, v in mem.items()},
@@ -199,12 +196,7 @@ def estimate(p, model_config: dict, device_memory_gb: float = 80.0, device: str 
         phase = "train" if train_phase >= rollout_phase else "rollout"
         problems.append(f"needs {peak / GIB:.1f} GB per GPU at its {phase} peak, more than the "
                         f"{device_memory_gb:g} GB device")
-    if engine == "vllm" and kv_budget <= 0:
-        problems.append(f"rollout.gpu_memory_utilization {p.rollout.gpu_memory_utilization} x "
-                        f"{device_memory_gb:g} GB = {mem['rollout'] / GIB:.1f} GB cannot even hold vLLM's "
-                        f"{N * VLLM_WEIGHT_BYTES / GIB:.1f} GB of weights")
-    elif engine == "vllm" and kv_tokens < seq:
-        problems.append(f"vLLM's KV cache holds {kv_tokens:,} tokens, less than one {seq:,}-token sequence")
+    problems += em.problems
     out["fits"] = not problems
     out["problems"] = problems
     return out
@@ -248,7 +240,7 @@ def summary_rows(est: dict) -> list[tuple[str, str]]:
         ("logits (LM head chunk)", f"{m['logits']:.2f} GB for {est['logits_chunk_tokens'] or 'all'} tokens"),
         (f"rollout ({est['engine']})", f"{m['rollout']:.2f} GB; KV cache {est['kv_cache_budget_gb']:.2f} GB = "
                                        f"{t['kv_cache_tokens']:,} tokens ({t['kv_cache_sequences']:,} full sequences)"
-                                       + (", released in training (sleep mode)" if est["sleep_mode"] else "")),
+                                       + (", released during training" if est["released_in_training"] else ", held during training")),
         ("phase peaks", f"train {est['phases_gb']['train']:.2f} GB, rollout {est['phases_gb']['rollout']:.2f} GB "
                         f"(+{est['overhead_gb']:g} GB overhead)"),
         ("peak per GPU", f"{est['peak_gb']:.2f} GB of {est['device_memory_gb']:g} GB "

@@ -1,15 +1,30 @@
-"""Rollout engines behind one small interface: `generate(prompts, n, sampling) -> Rollout`.
+"""Rollout engines behind one small interface, `Engine`:
+
+    generate(prompt_ids, sampling, seeds) -> Rollout    n responses per prompt, group-contiguous
+    sync_weights(model)   the trainer's weights changed (after every update and after a resume)
+    sleep() / wake()      release the engine's memory for the update phase / take it back
+    close()
+
+The trainer calls `wake` before generation, `sleep` before the update phase and `sync_weights` after
+every optimizer step and after a resume.
 
 - `hf`: transformers `generate` on the training model itself (CPU, tests, small runs). Weights are
-  always current, so `sync_weights` is a no-op.
-- `vllm`: see `grpolab.rollout_vllm` (GPU only; imported lazily so CPU installs never need vLLM).
+  always current, so `sync_weights`, `sleep` and `wake` do nothing.
+- `vllm`: `grpolab.rollout_vllm` (GPU only; vLLM is imported there, lazily, so CPU installs never
+  need it).
+
+Each engine class owns its params checks (`check(p) -> [errors]`, run by `grpolab params check` and
+by every stage before work) and its preflight memory term (`memory(p, shape, device_bytes,
+param_bytes) -> EngineMemory`), so a new engine touches its own module and the `ENGINES` table.
 
 A Rollout holds token ids, not strings, so the trainer scores exactly what was sampled.
 """
 from __future__ import annotations
 
+import importlib
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -28,6 +43,28 @@ class Rollout:
     response_ids: list[list[int]]  # sampled tokens, EOS included when it was sampled
     group_index: torch.Tensor  # (N,) which prompt each response answers
     truncated: torch.Tensor  # (N,) bool: hit max_new_tokens without EOS
+    # log-prob of each sampled token under the engine's own weights at the sampling temperature, when
+    # the engine reports it (vllm); compared with the trainer's recomputation (rollout/logprob_diff_*)
+    logprobs: list[list[float]] | None = None
+
+
+class Engine(Protocol):
+    def generate(self, prompt_ids: list[list[int]], sampling: Sampling,
+                 seeds: list[int] | None = None) -> Rollout: ...
+    def sync_weights(self, model) -> None: ...
+    def sleep(self) -> None: ...
+    def wake(self) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class EngineMemory:
+    """An engine's preflight term, per GPU, in bytes."""
+    rollout_bytes: float  # held while generating (weights of its own + KV cache)
+    kv_budget_bytes: float
+    kv_tokens: int  # tokens of KV cache it can hold
+    released_in_training: bool  # False: also held during log-probs and updates
+    problems: list[str] = field(default_factory=list)
 
 
 @contextmanager
@@ -46,6 +83,11 @@ def gathered(model):
         for m in mods:
             m.reshard()
             m.set_reshard_after_forward(True, recurse=False)
+
+
+def prompt_seed(seed: int, step: int, position: int) -> int:
+    """The sampling seed of the prompt at `position` of a step (validation uses seed + 1)."""
+    return (seed * 1_000_003 + step * 10_007 + position) % (2**63)
 
 
 def response_seed(prompt_seed: int, k: int) -> int:
@@ -93,8 +135,38 @@ class HFEngine:
     def __init__(self, model, tokenizer, prompts_per_call: int = 1):
         self.model, self.tok, self.per_call = model, tokenizer, prompts_per_call
 
+    @classmethod
+    def create(cls, p, model_dir, model=None, tokenizer=None, device=None) -> "HFEngine":
+        """On the trainer's model when there is one, else the model at `model_dir` (evaluation)."""
+        if model is None:
+            from . import models
+
+            model, tokenizer = models.load(model_dir, dtype=torch.float32, device=device or "cpu")
+        return cls(model, tokenizer, p.rollout.hf_prompts_per_call)
+
+    @staticmethod
+    def check(p) -> list[str]:
+        return []
+
+    @staticmethod
+    def memory(p, shape: dict, device_bytes: float, param_bytes: int) -> EngineMemory:
+        """One generate call's KV cache: hf_prompts_per_call x n sequences of max length, freed after."""
+        seq = p.max_prompt_length + p.max_response_length
+        rows = p.rollout.hf_prompts_per_call * p.n_resp_per_prompt
+        kv = rows * seq * 2 * shape["L"] * shape["kv"] * param_bytes
+        return EngineMemory(kv, kv, rows * seq, released_in_training=True)
+
     def sync_weights(self, model) -> None:  # same module object: nothing to push
         self.model = model
+
+    def sleep(self) -> None:  # the KV cache lives only inside a generate call
+        pass
+
+    def wake(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], sampling: Sampling,
@@ -144,21 +216,50 @@ class HFEngine:
         return Rollout(out_prompts, out_resps, torch.tensor(groups), torch.tensor(trunc))
 
 
-ENGINES = ("hf",)  # "vllm" (colocated, sleep mode, weight push) is designed but not built yet
+ENGINES = {  # name -> "module:class"; each class has create(), check() and memory()
+    "hf": "grpolab.rollout:HFEngine",
+    "vllm": "grpolab.rollout_vllm:VLLMEngine",
+}
 
 
-def engine_error(name: str) -> str | None:
-    """Why `rollout.engine` cannot run here, or None."""
-    if name == "vllm":
-        return ("rollout.engine: 'vllm' — the vLLM engine is not implemented in this version yet; "
-                "run with `-S rollout.engine=hf` (transformers generate on the FSDP2 model)")
+def engine_class(name: str):
     if name not in ENGINES:
-        return f"rollout.engine: {name!r} — must be one of {ENGINES}"
-    return None
+        raise ValueError(f"rollout.engine: {name!r} — must be one of {sorted(ENGINES)}")
+    mod, cls = ENGINES[name].split(":")
+    return getattr(importlib.import_module(mod), cls)
 
 
-def make_engine(name: str, model, tokenizer, params=None):
-    why = engine_error(name)
+def engine_errors(p) -> list[str]:
+    """Why `rollout.engine` cannot run here with these params (install, device, settings); [] if it can."""
+    if p.rollout.engine not in ENGINES:
+        return [f"rollout.engine: {p.rollout.engine!r} — must be one of {sorted(ENGINES)}"]
+    return engine_class(p.rollout.engine).check(p)
+
+
+def make_engine(p, model_dir, model=None, tokenizer=None, device=None) -> Engine:
+    """The engine `rollout.engine` names, colocated with `model` (the trainer's) when given."""
+    why = engine_errors(p)
     if why:
-        raise ValueError(why)
-    return HFEngine(model, tokenizer, params.rollout.hf_prompts_per_call if params else 1)
+        raise ValueError("; ".join(why))
+    return engine_class(p.rollout.engine).create(p, model_dir, model=model, tokenizer=tokenizer, device=device)
+
+
+def logprob_gap(trainer_logp: torch.Tensor, engine_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """`rollout/logprob_diff_mean|max`: |trainer - engine| log-prob of the sampled tokens over the
+    response mask (all (N, R)). Near 0 (bf16 noise, ~0.01) when the engine samples with the trainer's
+    weights; a missed weight push shows as a gap of order 1."""
+    m = mask.bool()
+    if not m.any():
+        return {"rollout/logprob_diff_mean": 0.0, "rollout/logprob_diff_max": 0.0}
+    d = (trainer_logp.float() - engine_logp.float()).abs()[m]
+    return {"rollout/logprob_diff_mean": d.mean().item(), "rollout/logprob_diff_max": d.max().item()}
+
+
+def padded_logprobs(rollout: Rollout, width: int, device) -> torch.Tensor | None:
+    """The engine's per-token log-probs as an (N, width) tensor (0 past each response), or None."""
+    if rollout.logprobs is None:
+        return None
+    out = torch.zeros(len(rollout.logprobs), width, dtype=torch.float32)
+    for i, lp in enumerate(rollout.logprobs):
+        out[i, :len(lp)] = torch.tensor(lp[:width], dtype=torch.float32)
+    return out.to(device)

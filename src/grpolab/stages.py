@@ -124,12 +124,12 @@ def run_training(p: Params, stage: str, dvclive: bool) -> dict:
 
 
 def check_engine(p: Params) -> None:
-    """Refuse an unusable rollout engine before any model loads."""
-    from .rollout import engine_error
+    """Refuse an unusable rollout engine (not installed, no CUDA, bad settings) before any work."""
+    from .rollout import engine_errors
 
-    why = engine_error(p.rollout.engine)
+    why = engine_errors(p)
     if why:
-        raise StageFailed(why)
+        raise StageFailed("\n".join(why))
 
 
 def device_memory_gb(p: Params, device: str) -> float:
@@ -223,24 +223,37 @@ def train_body(p: Params) -> None:
 
 
 def evaluate(p: Params) -> dict:
-    """Score the final model on the validation set (val.n samples per prompt)."""
-    from .trainer import Trainer
+    """Score the final model on the validation set (val.n samples per prompt) through the rollout
+    engine alone: one model copy on the device, no optimizer, no reference model."""
+    from . import dist, validation
+    from .reward import RewardScorer
+    from .rollout import make_engine
+    from .trainer import device_kind
 
+    ep = p.model_copy(update={"n_gpus_per_node": 1, "nnodes": 1})
+    check_engine(ep)
     final = Path(p.trainer.output_dir) / "final"
     if not final.exists():
         raise StageFailed(f"no trained model at {final}: run the train stage first")
-    ep = p.model_copy(update={"kl_loss_coef": 0.0, "n_gpus_per_node": 1, "nnodes": 1})
-    trainer = Trainer(ep, final)
+    ctx = dist.init(device_kind(p.trainer.device))
+    tok = models.load_tokenizer(final)
+    encode = lambda msgs: tok(tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True),  # noqa: E731
+                              add_special_tokens=False)["input_ids"]
+    examples, _ = data.load_examples(p.data.val_files, count_tokens=lambda m: len(encode(m)),
+                                     max_prompt_length=p.max_prompt_length, skip_bad_rows=p.data.skip_bad_rows)
+    if p.val.max_prompts:
+        examples = examples[: p.val.max_prompts]
+    engine = make_engine(ep, final, device=ctx.device)
+    scorer = RewardScorer(num_workers=1, timeout_s=5.0)
     try:
-        metrics = trainer.validate()
+        metrics = validation.run(engine, tok, examples, ep, 0, scorer, ctx.rank, ctx.world, encode)
     finally:
-        trainer.scorer.close()
+        scorer.close()
+        engine.close()
     metrics = {k: v for k, v in metrics.items() if not k.startswith("timing")}
     write_json(Path(p.val.output_dir) / "metrics.json", metrics)
-    console.print(f"[bold]evaluate[/]: {metrics}")
+    console.print("[bold]evaluate[/]: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()), highlight=False)
     return metrics
-
-
 
 
 def write_report(p: Params) -> Path:

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
-from . import algo, checkpoint, data, dist, health, logprobs, models
+from . import algo, checkpoint, data, dist, health, logprobs, models, validation
 from .config import Params
 from .reward import RewardScorer, reward_metrics
-from .rollout import Sampling, make_engine
+from .rollout import Sampling, logprob_gap, make_engine, padded_logprobs, prompt_seed
 
 
 @dataclass
@@ -118,10 +118,6 @@ def rank_prompts(batch_idx: list[int], mini: int, rank: int, world: int) -> list
     return [batch_idx[m + rank * per + j] for m in range(0, len(batch_idx), mini) for j in range(per)]
 
 
-def prompt_seed(seed: int, step: int, position: int) -> int:
-    return (seed * 1_000_003 + step * 10_007 + position) % (2**63)
-
-
 class PromptSampler:
     """Epoch-wise shuffled prompt order, deterministic from the seed; `pos` is the resumable state."""
 
@@ -169,7 +165,7 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
         warm = max(1, p.lr_warmup_steps)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm))
-        self.engine = make_engine(p.rollout.engine, self.model, self.tok, p)
+        self.engine = make_engine(p, model_dir, model=self.model, tokenizer=self.tok, device=self.device)
         workers = max(1, (os.cpu_count() or 1) // max(1, p.n_gpus_per_node))
         self.scorer = RewardScorer(num_workers=workers, timeout_s=5.0)
         self.sampler = PromptSampler(len(self.train_set), p.seed, p.data.shuffle)
@@ -212,8 +208,10 @@ class Trainer:
         examples = [self.train_set[batch_idx[i]] for i in positions]
         # 1. rollout: n responses per prompt, each prompt's group seeded by its position in the step
         seeds = [prompt_seed(p.seed, self.step, i) for i in positions]
+        self.engine.wake()  # takes its memory back (and the pending weight push) before generating
         rollout = self.engine.generate(self.prompt_ids(examples), Sampling(
             p.n_resp_per_prompt, p.temperature, p.top_p, p.max_response_length), seeds=seeds)
+        self.engine.sleep()  # frees it for log-probs and updates
         t_gen = time.perf_counter() - t0
         # 2. reward
         texts = self.tok.batch_decode(rollout.response_ids, skip_special_tokens=True)
@@ -239,10 +237,17 @@ class Trainer:
         chunk = p.trainer.logits_chunk_tokens
         old_logp = logp_all(self.model, batch, p.temperature, micro, chunk)
         ref_logp = logp_all(self.ref, batch, p.temperature, micro, chunk) if self.ref is not None else None
+        engine_logp = padded_logprobs(rollout, old_logp.shape[1], self.device)  # (N, R) or None
+        tis = None
+        if engine_logp is not None:
+            metrics.update(logprob_gap(old_logp, engine_logp, batch["attention_mask"][:, batch["P"]:]))
+            if p.tis_imp_ratio_cap:
+                tis = algo.tis_weights(old_logp, engine_logp, p.tis_imp_ratio_cap)  # (N, R)
         # 5. ppo_epochs x mini-batches of updates
         self.model.train()
-        metrics.update(self.update(batch, old_logp, ref_logp, adv.to(self.device), keep))
+        metrics.update(self.update(batch, old_logp, ref_logp, adv.to(self.device), keep, tis))
         self.sched.step()
+        self.engine.sync_weights(self.model)  # pushed at the next wake
         t_upd = time.perf_counter() - t1
         # 6. metrics (local, then combined over ranks)
         dt = time.perf_counter() - t0
@@ -262,7 +267,7 @@ class Trainer:
                         for i in range(min(len(texts), p.trainer.log_samples))]
         return dist.reduce_metrics(metrics, self.device)
 
-    def update(self, batch, old_logp, ref_logp, adv, keep) -> dict:
+    def update(self, batch, old_logp, ref_logp, adv, keep, tis=None) -> dict:
         """ppo_epochs passes of mini-batch updates; losses scaled by global counts (see module doc)."""
         p, ctx, micro = self.p, self.ctx, self.p.trainer.ppo_micro_batch_size_per_gpu
         mask = batch["response_mask"]
@@ -284,7 +289,7 @@ class Trainer:
                                              p.trainer.logits_chunk_tokens)
                     loss, st = algo.actor_loss(
                         logp, old_logp[idx], None if ref_logp is None else ref_logp[idx], adv[idx],
-                        mask[idx], ent, self.loss_cfg)
+                        mask[idx], ent, self.loss_cfg, token_weights=None if tis is None else tis[idx])
                     count = float(mask[idx].sum()) if by_tokens else float(len(idx))
                     (loss * count / total * ctx.world).backward()  # FSDP averages over ranks
                     stats.append(st)
@@ -300,34 +305,9 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------
     def validate(self) -> dict:
-        """acc/mean@n per data source; prompts split over ranks (a dummy call evens the count)."""
-        p, ctx = self.p, self.ctx
-        if not self.val_set or not p.val.n:
-            return {}
-        t0 = time.perf_counter()
-        mine = list(range(ctx.rank, len(self.val_set), ctx.world))
-        per_rank = math.ceil(len(self.val_set) / ctx.world)
-        ids = self.prompt_ids([self.val_set[i] for i in mine])
-        ids += [self.encode_prompt(self.val_set[0].prompt)] * (per_rank - len(mine))
-        seeds = [prompt_seed(p.seed + 1, self.step, i) for i in range(ctx.rank, ctx.rank + per_rank * ctx.world, ctx.world)]
-        rollout = self.engine.generate(ids, Sampling(p.val.n, p.val.temperature, p.val.top_p,
-                                                     p.max_response_length), seeds=seeds)
-        real = [j for j, g in enumerate(rollout.group_index.tolist()) if g < len(mine)]
-        texts = self.tok.batch_decode([rollout.response_ids[j] for j in real], skip_special_tokens=True)
-        ex = [self.val_set[mine[rollout.group_index[j]]] for j in real]
-        scores = [r.score for r in self.scorer.score(texts, [e.ground_truth for e in ex])]
-        sums: dict[str, list[float]] = {}
-        for e, s in zip(ex, scores):
-            acc = sums.setdefault(e.data_source, [0.0, 0.0])
-            acc[0], acc[1] = acc[0] + s, acc[1] + 1
-        merged: dict[str, list[float]] = {}
-        for part in dist.gather_objects(sums):
-            for src, (s, n) in part.items():
-                acc = merged.setdefault(src, [0.0, 0.0])
-                acc[0], acc[1] = acc[0] + s, acc[1] + n
-        out = {f"val-core/{src}/acc/mean@{p.val.n}": s / n for src, (s, n) in merged.items()}
-        out["timing_s/testing"] = time.perf_counter() - t0
-        return out
+        """acc/mean@n per data source through the rollout engine (grpolab.validation)."""
+        return validation.run(self.engine, self.tok, self.val_set, self.p, self.step, self.scorer,
+                              self.ctx.rank, self.ctx.world, self.encode_prompt)
 
     def export_hf(self, out_dir: Path) -> Path:
         """Collective: gather full weights to rank 0 and write a `from_pretrained` folder."""
@@ -384,6 +364,7 @@ class Trainer:
         self.step = state["step"]
         self.history = state["history"]
         self.tracking_ids = state.get("tracking", {})
+        self.engine.sync_weights(self.model)  # the engine still holds the initial weights
         return self.step
 
     def fit(self) -> TrainResult:
@@ -414,5 +395,6 @@ class Trainer:
                 res.final_dir = self.export_hf(out / "final")
         finally:
             self.scorer.close()
+            self.engine.close()
         res.steps_done, res.history = self.step, self.history
         return res

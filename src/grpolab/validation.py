@@ -1,0 +1,46 @@
+"""Validation sampling as a function over a rollout engine (not a second Trainer): the training loop's
+`val-core/<data_source>/acc/mean@n` and the evaluate stage call the same `run`.
+
+Prompts are split over ranks round-robin; ranks with fewer prompts repeat the first one as a dummy
+(not scored) so every rank makes the same number of engine calls. Each prompt is seeded from
+(seed + 1, step, index), so the result does not depend on the world size.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+from . import dist
+from .rollout import Sampling, prompt_seed
+
+
+def run(engine, tok, examples, p, step: int, scorer, rank: int, world: int, encode) -> dict:
+    """acc/mean@val.n per data source over `examples`; `encode(messages) -> token ids`."""
+    if not examples or not p.val.n:
+        return {}
+    t0 = time.perf_counter()
+    mine = list(range(rank, len(examples), world))
+    per_rank = math.ceil(len(examples) / world)
+    ids = [encode(examples[i].prompt) for i in mine]
+    ids += [encode(examples[0].prompt)] * (per_rank - len(mine))
+    seeds = [prompt_seed(p.seed + 1, step, i) for i in range(rank, rank + per_rank * world, world)]
+    engine.wake()
+    rollout = engine.generate(ids, Sampling(p.val.n, p.val.temperature, p.val.top_p, p.max_response_length),
+                              seeds=seeds)
+    engine.sleep()
+    real = [j for j, g in enumerate(rollout.group_index.tolist()) if g < len(mine)]
+    texts = tok.batch_decode([rollout.response_ids[j] for j in real], skip_special_tokens=True)
+    ex = [examples[mine[rollout.group_index[j]]] for j in real]
+    scores = [r.score for r in scorer.score(texts, [e.ground_truth for e in ex])]
+    sums: dict[str, list[float]] = {}
+    for e, s in zip(ex, scores):
+        acc = sums.setdefault(e.data_source, [0.0, 0.0])
+        acc[0], acc[1] = acc[0] + s, acc[1] + 1
+    merged: dict[str, list[float]] = {}
+    for part in dist.gather_objects(sums):
+        for src, (s, n) in part.items():
+            acc = merged.setdefault(src, [0.0, 0.0])
+            acc[0], acc[1] = acc[0] + s, acc[1] + n
+    out = {f"val-core/{src}/acc/mean@{p.val.n}": s / n for src, (s, n) in merged.items()}
+    out["timing_s/testing"] = time.perf_counter() - t0
+    return out
