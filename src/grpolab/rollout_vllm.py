@@ -148,7 +148,7 @@ def sampling_kwargs(sampling: Sampling, seed: int | None, eos_id: int | None) ->
     """vLLM SamplingParams for one response: the params' temperature/top_p/length, top_k off, the
     sampled token's log-prob returned, generation stopped at the tokenizer's EOS (vLLM is started
     without a tokenizer: token ids in, token ids out)."""
-    kw = dict(n=1, temperature=sampling.temperature, top_p=sampling.top_p, top_k=-1,
+    kw = dict(n=1, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
               max_tokens=sampling.max_new_tokens, logprobs=0, seed=seed, detokenize=False)
     if eos_id is not None:
         kw["stop_token_ids"] = [eos_id]
@@ -241,7 +241,9 @@ class VLLMEngine:
         plan = request_plan(prompt_ids, sampling.n, seeds)
         params = [SamplingParams(**sampling_kwargs(sampling, s, self.eos)) for _, s in plan]
         prompts = [{"prompt_token_ids": prompt_ids[g]} for g, _ in plan]
+        t0 = time.perf_counter()
         outs = self.llm.generate(prompts, params, use_tqdm=False)
+        self.timings["generate_s"] = time.perf_counter() - t0
         comps = []
         for o in outs:
             c = o.outputs[0]
@@ -268,6 +270,7 @@ class VLLMEngine:
                 self._push()
             return
         t0 = time.perf_counter()
+        torch.cuda.empty_cache()  # hand the trainer's cached blocks back before vLLM takes its share
         self.llm.wake_up(tags=["weights"])
         self.asleep = False
         if self.pending:

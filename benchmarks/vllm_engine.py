@@ -1,0 +1,208 @@
+"""The rollout engines on a GPU: our vLLM engine against bare vLLM, and full GRPO steps with each engine.
+
+    python benchmarks/vllm_engine.py bare --model DIR --out bare.json       # bare vLLM, same prompts
+    python benchmarks/vllm_engine.py ours --engine vllm --model DIR --out vllm.json [--steps 5]
+    torchrun --nproc-per-node 2 benchmarks/vllm_engine.py ours --engine vllm --model DIR --out v2.json
+    benchmarks/gpu_vllm.sh install|one|two OUTDIR     # the whole set on the GPU machine
+
+The step is issue 9's: 8 prompts x 16 responses x 512 tokens, 64-token prompts, random weights in the
+Qwen3-0.6B shape (`builtin:qwen3-0.6b-random`), the recipe's loss settings (3 PPO epochs, mini-batch
+4 prompts, KL 0.001 with a reference model; entropy bonus 0.001 so that the backward pass is real with
+random weights, which earn no reward). Each script prints its numbers and writes them as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+PROMPTS, N, RESP, PROMPT_LEN = 8, 16, int(os.environ.get("BENCH_RESP", 512)), 64
+
+
+def prompt_rows(tok) -> list[dict]:
+    """Archer/verl rows whose chat-templated prompt is exactly PROMPT_LEN tokens."""
+    def length(text):
+        msgs = [{"role": "user", "content": text}]
+        return len(tok(tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True),
+                       add_special_tokens=False)["input_ids"])
+    rows = []
+    for i in range(64):
+        text = f"What is {i} + {i + 1}?"
+        while length(text) < PROMPT_LEN:
+            text += " ."
+        while length(text) > PROMPT_LEN:
+            text = text[:-1]
+        rows.append({"prompt": [{"role": "user", "content": text}], "data_source": "bench",
+                     "reward_model": {"ground_truth": str(2 * i + 1)}})
+    return rows
+
+
+def params(engine: str, world: int, ppo_epochs: int, work: Path):
+    from grpolab import config
+
+    return config.validate({
+        "exp_name": f"bench-{engine}", "seed": 0, "n_gpus_per_node": world,
+        "train_prompt_bsz": PROMPTS, "train_prompt_mini_bsz": 4, "n_resp_per_prompt": N,
+        "max_prompt_length": PROMPT_LEN, "max_response_length": RESP, "ppo_epochs": ppo_epochs,
+        "entropy_coeff": 0.001, "model": {"path": "builtin:qwen3-0.6b-random", "dtype": "auto"},
+        "data": {"train_files": [str(work / "bench.json")], "val_files": [str(work / "bench.json")]},
+        "rollout": {"engine": engine, "hf_prompts_per_call": PROMPTS},
+        "trainer": {"device": os.environ.get("BENCH_DEVICE", "cuda"), "ppo_micro_batch_size_per_gpu": 4, "save_freq": 0, "test_freq": 0,
+                    "output_dir": str(work / f"out-{engine}")},
+        "tracking": {"mlflow": False, "wandb": False},
+    })
+
+
+def device_used_gb() -> float:
+    import torch
+
+    if not torch.cuda.is_available():
+        return 0.0
+    free, total = torch.cuda.mem_get_info()
+    return (total - free) / 2**30
+
+
+def ours(a) -> dict:
+    import torch
+
+    from grpolab import models
+    from grpolab.rollout import Sampling, prompt_seed
+    from grpolab.trainer import Trainer
+
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    tok = models.load_tokenizer(a.model)
+    (work / "bench.json").write_text(json.dumps(prompt_rows(tok)))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    p = params(a.engine, world, a.ppo_epochs, work)
+    t0 = time.perf_counter()
+    t = Trainer(p, a.model)
+    start_s = time.perf_counter() - t0
+    steps, engine_t, used = [], [], []
+    for _ in range(a.steps):
+        t.step += 1
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        m = t.train_step()
+        steps.append(m)
+        engine_t.append(dict(getattr(t.engine, "timings", {})))
+        used.append(device_used_gb())
+        if t.ctx.main:
+            print(f"step {t.step}: {m['timing_s/step']:.2f} s (gen {m['timing_s/gen']:.2f} s) "
+                  f"gap {m.get('rollout/logprob_diff_mean', float('nan')):.4f} "
+                  f"engine {engine_t[-1]}", flush=True)
+    # generation alone, on this rank's prompts of a step, the engine awake
+    ex = [t.train_set[i] for i in range(PROMPTS // world)]
+    ids = t.prompt_ids(ex)
+    seeds = [prompt_seed(p.seed, 999, i) for i in range(len(ids))]
+    gen = []
+    t.engine.wake()
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for _ in range(3):
+        sync()
+        g0 = time.perf_counter()
+        r = t.engine.generate(ids, Sampling(N, p.temperature, p.top_p, RESP), seeds=seeds)
+        sync()
+        gen.append((sum(len(x) for x in r.response_ids), time.perf_counter() - g0))
+    peak_used = max(used + [device_used_gb()])
+    t.engine.sleep()
+    t.engine.close()
+    t.scorer.close()
+    med = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
+    later = steps[1:] or steps
+    out = {
+        "engine": a.engine, "world_size": world, "rank": t.ctx.rank, "ppo_epochs": a.ppo_epochs,
+        "start_s": start_s, "steps": len(steps),
+        "step_s_median": med([m["timing_s/step"] for m in later]),
+        "gen_s_median": med([m["timing_s/gen"] for m in later]),
+        "update_s_median": med([m["timing_s/update"] for m in later]),
+        "step_s": [m["timing_s/step"] for m in steps],
+        "gen_tokens_per_s": med([n / s for n, s in gen]), "gen_tokens": gen[0][0],
+        "prompt_tokens": len(ids[0]),
+        "logprob_diff_mean": med([m["rollout/logprob_diff_mean"] for m in steps if "rollout/logprob_diff_mean" in m]),
+        "logprob_diff_max": max((m["rollout/logprob_diff_max"] for m in steps if "rollout/logprob_diff_max" in m),
+                                default=None),
+        "push_s": med([e["push_s"] for e in engine_t[1:] if "push_s" in e]),
+        "checksum_s": med([e["checksum_s"] for e in engine_t[1:] if "checksum_s" in e]),
+        "sleep_s": med([e["sleep_s"] for e in engine_t[1:] if "sleep_s" in e]),
+        "wake_s": med([e["wake_s"] for e in engine_t[1:] if "wake_s" in e]),
+        "engine_start_s": engine_t[0].get("start_s") if engine_t else None,
+        "checksum_ok": a.engine == "vllm" and p.rollout.check_weights,  # a mismatch would have raised
+        "peak_gb": peak_used, "peak_torch_allocated_gb": max(m["perf/max_memory_allocated_gb"] for m in steps),
+        "response_length_mean": med([m["response_length/mean"] for m in steps]),
+        "grad_norm": [m["actor/grad_norm"] for m in steps],
+    }
+    if t.ctx.main:
+        print(json.dumps(out, indent=1))
+    Path(a.out if world == 1 else f"{a.out}.rank{t.ctx.rank}").write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+def bare(a) -> dict:
+    """Bare vLLM on the same prompts: plain (n=16 per prompt, engine seed), then with our request
+    settings (one seeded request per response, sampled log-probs)."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    import torch
+    from vllm import LLM, SamplingParams
+
+    from grpolab import models
+    from grpolab.rollout import Sampling, prompt_seed
+    from grpolab.rollout_vllm import request_plan, sampling_kwargs
+
+    tok = models.load_tokenizer(a.model)
+    rows = prompt_rows(tok)[:PROMPTS]
+    ids = [tok(tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True),
+               add_special_tokens=False)["input_ids"] for r in rows]
+    t0 = time.perf_counter()
+    llm = LLM(model=a.model, skip_tokenizer_init=True, dtype="bfloat16", seed=0, gpu_memory_utilization=0.5,
+              max_model_len=PROMPT_LEN + RESP, enable_prefix_caching=True, logprobs_mode="processed_logprobs")
+    start_s = time.perf_counter() - t0
+
+    def timed(prompts, sps):
+        res = []
+        for _ in range(4):
+            torch.cuda.synchronize()
+            g0 = time.perf_counter()
+            outs = llm.generate(prompts, sps, use_tqdm=False)
+            torch.cuda.synchronize()
+            res.append((sum(len(c.token_ids) for o in outs for c in o.outputs), time.perf_counter() - g0))
+        return statistics.median(n / s for n, s in res[1:]), res[1][0]
+
+    plain = SamplingParams(n=N, temperature=1.0, top_p=1.0, max_tokens=RESP, detokenize=False,
+                           stop_token_ids=[tok.eos_token_id])
+    tps_plain, toks = timed([{"prompt_token_ids": x} for x in ids], plain)
+    plan = request_plan(ids, N, [prompt_seed(0, 999, i) for i in range(len(ids))])
+    s = Sampling(N, 1.0, 1.0, RESP)
+    tps_ours = timed([{"prompt_token_ids": ids[g]} for g, _ in plan],
+                     [SamplingParams(**sampling_kwargs(s, seed, tok.eos_token_id)) for _, seed in plan])[0]
+    unseeded = [SamplingParams(**sampling_kwargs(s, None, tok.eos_token_id)) for _ in plan]
+    tps_unseeded = timed([{"prompt_token_ids": ids[g]} for g, _ in plan], unseeded)[0]
+    out = {"bare_vllm_gen_tokens_per_s": tps_plain, "bare_tokens": toks, "start_s": start_s,
+           "bare_with_our_requests_tokens_per_s": tps_ours,
+           "bare_with_our_requests_unseeded_tokens_per_s": tps_unseeded, "prompt_tokens": len(ids[0])}
+    print(json.dumps(out, indent=1))
+    Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=["bare", "ours"])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--engine", default="vllm")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--ppo-epochs", type=int, default=3)
+    ap.add_argument("--work", default="/tmp/grpolab-bench")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    (bare if a.mode == "bare" else ours)(a)
+
+
+if __name__ == "__main__":
+    main()
