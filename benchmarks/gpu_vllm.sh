@@ -37,4 +37,23 @@ two)
   CUDA_VISIBLE_DEVICES=0 timeout 150 python3 benchmarks/vllm_engine.py ours --engine vllm --model $model --steps 5 \
     --ppo-epochs 1 --work /tmp/w-e1 --out "$out/vllm-epoch1.json" > "$out/vllm-epoch1.log" 2>&1; echo "epoch1 rc=$?"
   tail -n 4 "$out"/*.log ;;
+more)  # the unseeded path against bare vLLM, and the evaluate stage through vLLM from a saved model folder
+  out=$2; mkdir -p "$out"; cd "$repo"
+  CUDA_VISIBLE_DEVICES=0 timeout 150 python3 benchmarks/vllm_engine.py bare --model $model --out "$out/bare.json" \
+    > "$out/bare.log" 2>&1; echo "bare rc=$?"
+  CUDA_VISIBLE_DEVICES=0 timeout 150 python3 benchmarks/vllm_engine.py ours --engine vllm --unseeded --model $model \
+    --steps 2 --ppo-epochs 1 --work /tmp/w-u --out "$out/unseeded.json" > "$out/unseeded.log" 2>&1; echo "unseeded rc=$?"
+  ws=/tmp/w-eval; rm -rf $ws; mkdir -p $ws/results/train; cp -r $model $ws/results/train/final; cd $ws
+  python3 - <<'PY'
+import yaml
+from pathlib import Path
+from grpolab import data
+data.write_toy(Path("data"), 8, 16, 0)
+yaml.safe_dump({"n_gpus_per_node": 1, "max_prompt_length": 256, "max_response_length": 64,
+                "rollout": {"engine": "vllm", "gpu_memory_utilization": 0.3},
+                "val": {"n": 4}, "trainer": {"device": "cuda"}}, open("params.yaml", "w"))
+PY
+  CUDA_VISIBLE_DEVICES=0 timeout 150 python3 "$repo/pipelines/evaluate.py" > "$out/evaluate.log" 2>&1; echo "evaluate rc=$?"
+  cp results/eval/metrics.json "$out/eval-metrics.json" 2>/dev/null
+  grep -h -v INFO "$out"/evaluate.log | tail -n 5; cat "$out/eval-metrics.json" ;;
 esac

@@ -43,7 +43,7 @@ def prompt_rows(tok) -> list[dict]:
     return rows
 
 
-def params(engine: str, world: int, ppo_epochs: int, work: Path):
+def params(engine: str, world: int, ppo_epochs: int, work: Path, seeded: bool = True):
     from grpolab import config
 
     return config.validate({
@@ -52,7 +52,7 @@ def params(engine: str, world: int, ppo_epochs: int, work: Path):
         "max_prompt_length": PROMPT_LEN, "max_response_length": RESP, "ppo_epochs": ppo_epochs,
         "entropy_coeff": 0.001, "model": {"path": "builtin:qwen3-0.6b-random", "dtype": "auto"},
         "data": {"train_files": [str(work / "bench.json")], "val_files": [str(work / "bench.json")]},
-        "rollout": {"engine": engine, "hf_prompts_per_call": PROMPTS},
+        "rollout": {"engine": engine, "hf_prompts_per_call": PROMPTS, "seed_responses": seeded},
         "trainer": {"device": os.environ.get("BENCH_DEVICE", "cuda"), "ppo_micro_batch_size_per_gpu": 4, "save_freq": 0, "test_freq": 0,
                     "output_dir": str(work / f"out-{engine}")},
         "tracking": {"mlflow": False, "wandb": False},
@@ -80,7 +80,7 @@ def ours(a) -> dict:
     tok = models.load_tokenizer(a.model)
     (work / "bench.json").write_text(json.dumps(prompt_rows(tok)))
     world = int(os.environ.get("WORLD_SIZE", 1))
-    p = params(a.engine, world, a.ppo_epochs, work)
+    p = params(a.engine, world, a.ppo_epochs, work, not a.unseeded)
     t0 = time.perf_counter()
     t = Trainer(p, a.model)
     start_s = time.perf_counter() - t0
@@ -117,7 +117,7 @@ def ours(a) -> dict:
     med = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
     later = steps[1:] or steps
     out = {
-        "engine": a.engine, "world_size": world, "rank": t.ctx.rank, "ppo_epochs": a.ppo_epochs,
+        "engine": a.engine, "seed_responses": not a.unseeded, "world_size": world, "rank": t.ctx.rank, "ppo_epochs": a.ppo_epochs,
         "start_s": start_s, "steps": len(steps),
         "step_s_median": med([m["timing_s/step"] for m in later]),
         "gen_s_median": med([m["timing_s/gen"] for m in later]),
@@ -198,6 +198,7 @@ def main() -> None:
     ap.add_argument("--engine", default="vllm")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--ppo-epochs", type=int, default=3)
+    ap.add_argument("--unseeded", action="store_true", help="rollout.seed_responses: false")
     ap.add_argument("--work", default="/tmp/grpolab-bench")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()

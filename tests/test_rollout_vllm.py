@@ -113,6 +113,9 @@ def test_logprob_gap_counts_response_tokens_only():
     assert gap["rollout/logprob_diff_mean"] == pytest.approx((0.1 + 0 + 0 + 0.25) / 4)
     assert gap["rollout/logprob_diff_max"] == pytest.approx(0.25)
     assert logprob_gap(trainer, engine, torch.zeros_like(mask))["rollout/logprob_diff_max"] == 0.0
+    from grpolab import metrics
+
+    assert all(metrics.describe(k) for k in gap)  # documented once, in the glossary
 
 
 def test_tis_weights_are_truncated_ratios_that_scale_only_the_policy_gradient_term():

@@ -239,16 +239,17 @@ class VLLMEngine:
         if not self.p.rollout.seed_responses:
             seeds = None
         plan = request_plan(prompt_ids, sampling.n, seeds)
-        params = [SamplingParams(**sampling_kwargs(sampling, s, self.eos)) for _, s in plan]
-        prompts = [{"prompt_token_ids": prompt_ids[g]} for g, _ in plan]
+        if seeds is None:  # one request of n per prompt, sampled from the engine's generator (faster)
+            prompts = [{"prompt_token_ids": ids} for ids in prompt_ids]
+            params = SamplingParams(**{**sampling_kwargs(sampling, None, self.eos), "n": sampling.n})
+        else:  # one request per response, each with its own seeded generator
+            prompts = [{"prompt_token_ids": prompt_ids[g]} for g, _ in plan]
+            params = [SamplingParams(**sampling_kwargs(sampling, s, self.eos)) for _, s in plan]
         t0 = time.perf_counter()
         outs = self.llm.generate(prompts, params, use_tqdm=False)
         self.timings["generate_s"] = time.perf_counter() - t0
-        comps = []
-        for o in outs:
-            c = o.outputs[0]
-            lps = [step[t].logprob for t, step in zip(c.token_ids, c.logprobs)]
-            comps.append(Completion(list(c.token_ids), lps, c.finish_reason == "length"))
+        comps = [Completion(list(c.token_ids), [step[t].logprob for t, step in zip(c.token_ids, c.logprobs)],
+                            c.finish_reason == "length") for o in outs for c in o.outputs]
         return to_rollout(prompt_ids, plan, comps)
 
     def sync_weights(self, model) -> None:
@@ -290,6 +291,8 @@ class VLLMEngine:
         """(name, full bf16 tensor) one parameter at a time: each FSDP2 shard gathered on its own."""
         for name, param in self.model.named_parameters():
             t = param.detach()
+            if t.device.type == "cpu":  # trainer.param_offload: gather on the GPU (NCCL)
+                t = t.to(torch.device("cuda", torch.cuda.current_device()))
             if hasattr(t, "full_tensor"):
                 t = t.full_tensor()  # collective: every rank gathers the same parameter at once
             yield name, t.to(torch.bfloat16)
