@@ -121,7 +121,8 @@ def ours(a) -> dict:
         "start_s": start_s, "steps": len(steps),
         "step_s_median": med([m["timing_s/step"] for m in later]),
         "gen_s_median": med([m["timing_s/gen"] for m in later]),
-        "update_s_median": med([m["timing_s/update"] for m in later]),
+        "update_s_median": med([sum(m.get(f"timing_s/{k}", 0.0) for k in  # log-probs + updates + push
+                                    ("old_log_prob", "ref", "update_actor", "update_weights")) for m in later]),
         "step_s": [m["timing_s/step"] for m in steps],
         "gen_tokens_per_s": med([n / s for n, s in gen]), "gen_tokens": gen[0][0],
         "prompt_tokens": len(ids[0]),

@@ -119,11 +119,16 @@ def test_filter_groups_mask_and_metrics():
     assert close(m["batch/valid"], 2 / 6)
 
 
-def test_filter_groups_negative_scores():
-    # identical -0.5 (overlong-penalised failures) counts as solve-none; -0.2 vs 0 is a signal
-    keep, m = filter_groups(t([-0.5, -0.5, -0.2, 0.0]), torch.tensor([0, 0, 1, 1]))
-    assert keep.tolist() == [False, False, True, True]
-    assert close(m["batch/solve_none"], 0.5) and close(m["batch/valid"], 0.5)
+def test_filter_groups_non_binary_scores():
+    # Archer2.0 drops only all-exactly-0 / all-exactly-1 groups: identical -0.5 (overlong-penalised
+    # failures) and a lone 0.7 are kept; verl DAPO's rule drops the identical -0.5 group
+    scores, groups = t([-0.5, -0.5, -0.2, 0.0, 0.7]), torch.tensor([0, 0, 1, 1, 2])
+    keep, m = filter_groups(scores, groups)
+    assert keep.all() and m["batch/solve_none"] == 0.0 and m["batch/valid"] == 1.0
+    keep, m = filter_groups(scores, groups, rule="dapo")
+    assert keep.tolist() == [False, False, True, True, True] and close(m["batch/valid"], 2 / 3)
+    with pytest.raises(ValueError, match="archer, dapo"):
+        filter_groups(scores, groups, rule="std")
 
 
 # --- entropy, KL ---------------------------------------------------------------------------------
@@ -177,8 +182,8 @@ MASK = t([[1, 1, 1, 0], [1, 1, 0, 0]])
     ("token-mean", None, 15 / 5),
     ("seq-mean-token-sum", None, (6 + 9) / 2),
     ("seq-mean-token-mean", None, (2 + 4.5) / 2),
-    ("seq-mean-token-sum-norm", None, (6 / 4 + 9 / 4) / 2),  # divisor defaults to T = 4
-    ("seq-mean-token-sum-norm", 10, (0.6 + 0.9) / 2),
+    ("seq-mean-token-sum-norm", None, (6 + 9) / 4),  # a sum over rows; divisor defaults to T = 4
+    ("seq-mean-token-sum-norm", 10, (6 + 9) / 10),
 ])
 def test_agg_modes(mode, max_len, expected):
     assert close(agg_loss(LOSS, MASK, mode, max_len), expected)
@@ -189,7 +194,9 @@ def test_agg_modes_registry_and_empty_row():
                               "seq-mean-token-sum-norm"}
     loss = torch.cat([LOSS, t([[7.0, 7.0, 7.0, 7.0]])])
     mask = torch.cat([MASK, t([[0, 0, 0, 0]])])
-    assert close(agg_loss(loss, mask, "seq-mean-token-mean"), (2 + 4.5 + 0) / 3)
+    # a row without valid tokens is not a sequence to average over (verl's newest agg_loss)
+    assert close(agg_loss(loss, mask, "seq-mean-token-mean"), (2 + 4.5) / 2)
+    assert close(agg_loss(loss, mask, "seq-mean-token-sum"), (6 + 9) / 2)
     assert close(agg_loss(loss, mask, "token-mean"), 3.0)
 
 
@@ -281,9 +288,9 @@ def test_gradient_sign(name, adv):
 
 
 def test_aspo_values_and_gradients():
-    # row 0, A = +2: r = 0.9 (flipped: 1/0.9), r = 1.5 (hard-clipped at 1.2, no gradient),
-    #               r = 0.1 (1/r = 10 soft-clipped to 3, gradient kept)
-    # row 1, A = -1: r = 5 -> dual clip, loss 3, as in vanilla
+    # row 0, A = +2: r = 0.9 (flipped: value -2/0.9), r = 1.5 (hard-clipped at 1.2: value -2/1.2,
+    #               no gradient), r = 0.1 (1/r = 10 > c = 3: dual clip, value -A c logp, gradient -6)
+    # row 1, A = -1: r = 5 > c: dual clip, value -A c logp = 3 logp, gradient 3 (vanilla: none)
     lr = t([[math.log(0.9), math.log(1.5), math.log(0.1)], [math.log(5.0), 0.0, 0.0]])
     adv = t([[2.0, 2.0, 2.0], [-1.0, -1.0, -1.0]])
     mask = t([[1, 1, 1], [1, 0, 0]])
@@ -296,14 +303,17 @@ def test_aspo_values_and_gradients():
         return loss.detach(), logp.grad, m
 
     loss, grad, m = run("aspo")
-    assert torch.allclose(loss[0], t([-2 / 0.9, -2.4, -6.0])) and close(loss[1, 0], 3.0)
-    assert torch.allclose(grad[0], t([-2 / 0.9, 0.0, -6.0])) and grad[1, 0].item() == 0.0
+    lp = old + lr
+    assert torch.allclose(loss[0], t([-2 / 0.9, -2 / 1.2, -6.0 * float(lp[0, 2])]))
+    assert close(loss[1, 0], 3.0 * float(lp[1, 0]))
+    assert torch.allclose(grad[0], t([-2 / 0.9, 0.0, -6.0])) and close(grad[1, 0], 3.0)
     assert close(m["actor/pg_clipfrac"], 1 / 4) and close(m["actor/pg_clipfrac_lower"], 1 / 4)
-    assert close(m["actor/aspo_soft_clipfrac"], 1 / 4)
-    # vanilla on the same tokens weights by r instead of 1/r
+    assert close(m["actor/positive_pg_clipfrac_dual"], 1 / 3)
+    assert close(m["actor/negative_pg_clipfrac_dual"], 1.0)
+    # vanilla on the same tokens weights by r instead of 1/r, and its dual clip has no gradient
     loss, grad, _ = run("vanilla")
     assert torch.allclose(loss[0], t([-1.8, -2.4, -0.2])) and close(loss[1, 0], 3.0)
-    assert torch.allclose(grad[0], t([-1.8, 0.0, -0.2]))
+    assert torch.allclose(grad[0], t([-1.8, 0.0, -0.2])) and grad[1, 0].item() == 0.0
 
 
 # --- Archer ----------------------------------------------------------------------
@@ -341,7 +351,12 @@ def test_archer_clip_range_and_kl_only_on_low_entropy_tokens():
     # token 3 (low entropy) clipped at 1.2, token 4 (high entropy) inside its 1.5 cap
     assert close(m["actor/pg_loss"], (-3 - 1.2 - 1.4) / 5)
     assert close(m["actor/pg_clipfrac"], 1 / 5) and close(m["actor/high_entropy_frac"], 1 / 5)
-    assert m["actor/kl_loss"] == 0.0 and close(loss, m["actor/pg_loss"])
+    # KL split in two aggregations; the high-entropy part has weight 0 but is reported (Archer2.0)
+    assert m["actor/low_entropy_kl_loss"] == 0.0 and close(m["actor/high_entropy_kl_loss"], math.exp(-1))
+    assert close(m["actor/kl_loss"], math.exp(-1)) and close(loss, m["actor/pg_loss"])
+    cfg2 = LossConfig(entropy_quantile=0.8, kl_loss_coef=0.1, high_entropy_kl_loss_scale_coef=0.5)
+    loss2, m2 = actor_loss(logp, old, ref, t([1.0]), mask, entropy, cfg2)
+    assert close(loss2, m2["actor/pg_loss"] + 0.5 * math.exp(-1))
     # Archer off: ordinary clip everywhere and KL over every token
     loss, m = actor_loss(logp, old, ref, t([1.0]), mask, entropy, LossConfig(kl_loss_coef=0.1))
     k3 = math.exp(-1) + 1 - 1
@@ -403,8 +418,8 @@ def test_actor_loss_entropy_bonus_and_seq_norm_mode():
     cfg = LossConfig(kl_loss_coef=0.0, entropy_coeff=0.01, loss_agg_mode="seq-mean-token-sum-norm",
                      max_response_length=8)
     loss, m = actor_loss(logp, logp, None, t([1.0, -2.0]), mask, entropy, cfg)
-    pg = ((-1 - 1) / 8 + 2 / 8) / 2  # on-policy: r = 1, loss -A per token
-    ent = ((1 + 3) / 8 + 2 / 8) / 2
+    pg = (-1 - 1 + 2) / 8  # on-policy: r = 1, loss -A per token; a sum over rows, no mean
+    ent = (1 + 3 + 2) / 8
     assert close(loss, pg - 0.01 * ent) and close(m["actor/entropy"], ent)
     assert "actor/kl_loss" not in m
 

@@ -44,6 +44,13 @@ def test_derived_values():
     ({"kl_loss_type": "k9"}, "kl_loss_type"),
     ({"loss_agg_mode": "mean"}, "loss_agg_mode"),
     ({"clip_ratio_c": 1.0}, "clip_ratio_c"),
+    ({"policy_loss": "aspoo"}, "policy_loss"),
+    ({"filter_groups_rule": "std"}, "filter_groups_rule"),
+    ({"high_entropy_clip_ratio_low": 1.0}, "high_entropy_clip_ratio_low"),
+    ({"high_entropy_kl_loss_scale_coef": 0.1}, "high_entropy_kl_loss_scale_coef"),  # needs classes
+    ({"reward": {"timeout_s": 0}}, "reward.timeout_s"),
+    ({"reward": {"function": "rewards"}}, "reward.function"),
+    ({"reward": {"function": {"builtin:math": 1.0, "m:f": "x"}}}, "reward.function"),
     ({"train_prompt_bsz": 10, "train_prompt_mini_bsz": 4}, "train_prompt_mini_bsz"),
     ({"train_prompt_mini_bsz": 6, "train_prompt_bsz": 12}, "train_prompt_mini_bsz"),  # 6 % 4 GPUs
     ({"smoke": {"train_prompt_bsz": 3}}, "smoke.train_prompt_mini_bsz"),
@@ -52,6 +59,18 @@ def test_bad_value_is_named(raw, key):
     with pytest.raises(config.ParamsError) as e:
         config.validate(raw)
     assert any(err.startswith(f"{key}: ") and " — " in err for err in e.value.errors), e.value.errors
+
+
+def test_algorithm_choices_are_the_algo_registries():
+    """The schema's enumerations name exactly what grpolab.algo implements."""
+    from typing import get_args
+
+    from grpolab import algo
+
+    assert set(get_args(config.PolicyLoss)) == set(algo.POLICY_LOSSES)
+    assert set(get_args(config.KlLossType)) == set(algo.KL_TYPES)
+    assert set(get_args(config.LossAggMode)) == set(algo.AGG_MODES)
+    assert set(get_args(config.FilterRule)) == set(algo.FILTER_RULES)
 
 
 def test_every_broken_key_is_reported_at_once():
@@ -80,10 +99,10 @@ def test_params_check_cli(tmp_path):
     here.write_text(yaml.safe_dump({"rollout": {"engine": "hf"}}))
     assert _cli("params", "check", str(here)).returncode == 0  # runnable here with the hf engine
     bad = tmp_path / "params.yaml"
-    bad.write_text(yaml.safe_dump({"temperature": 0, "top_p": 3, "typo_key": 1}))
+    bad.write_text(yaml.safe_dump({"temperature": 0, "top_p": 3, "typo_key": 1, "policy_loss": "aspoo"}))
     r = _cli("params", "check", str(bad))
     assert r.returncode == 1
-    for key in ("temperature: 0", "top_p: 3", "typo_key: 1"):
+    for key in ("temperature: 0", "top_p: 3", "typo_key: 1", "policy_loss: 'aspoo' — Input should be 'vanilla' or 'aspo'"):
         assert key in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
 

@@ -6,7 +6,7 @@ def test_patterns_match():
     assert metrics.describe("val-core/toy/add/acc/mean@4")
     assert metrics.describe("reward/no_box")
     assert metrics.describe("actor/not_a_metric") is None
-    assert metrics.describe("critic/score/mean").startswith("mean reward")
+    assert metrics.describe("critic/score/mean").startswith("mean response score")
 
 
 def test_every_logged_key_is_documented(tmp_path):

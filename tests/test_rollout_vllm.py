@@ -204,7 +204,7 @@ def test_trainer_drives_the_engine_protocol_in_order(tmp_path, monkeypatch):
 def test_validation_runs_over_an_engine_without_a_trainer(tmp_path):
     """The evaluate stage's path: an engine made from a model folder alone, plus the reward."""
     from grpolab import data
-    from grpolab.reward import RewardScorer
+    from grpolab.reward_plugin import RewardFunctions
 
     d = models.fetch("builtin:tiny-qwen3", "main", tmp_path / "m")
     files = data.write_toy(tmp_path / "data", 4, 6, 0)
@@ -215,12 +215,12 @@ def test_validation_runs_over_an_engine_without_a_trainer(tmp_path):
     encode = lambda m: tok(tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True),  # noqa: E731
                            add_special_tokens=False)["input_ids"]
     examples, _ = data.load_examples([str(files[1])], count_tokens=lambda m: len(encode(m)), max_prompt_length=512)
-    scorer = RewardScorer(num_workers=1, timeout_s=5.0)
+    scorer = RewardFunctions("builtin:math", timeout_s=5.0, num_workers=1)
     try:
         out = validation.run(engine, tok, examples, p, 0, scorer, 0, 1, encode)
         again = validation.run(engine, tok, examples, p, 0, scorer, 0, 1, encode)
     finally:
         scorer.close()
-    (key,) = [k for k in out if k.startswith("val-core/")]
+    (key,) = [k for k in out if k.startswith("val-core/") and "/acc/mean@" in k]
     assert key.endswith("/acc/mean@3") and 0.0 <= out[key] <= 1.0
     assert out[key] == again[key]  # seeded: the same samples again

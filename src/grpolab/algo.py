@@ -13,13 +13,16 @@ clip-higher and the overlong penalty; Dr. GRPO (arXiv 2503.20783) the unscaled a
 
 Where this departs from the sources:
 - `agg_loss` is local to the tensors it gets: verl's newest version also rescales by the global
-  token / sequence count over data-parallel ranks; the trainer does that scaling.
-- `seq-mean-*` modes average over all B rows; a row without valid tokens contributes 0 (as verl's
-  newest `agg_loss`); `seq-mean-token-sum-norm` is the fixed verl/Dr. GRPO form (mean over rows of
-  token-sum / max_response_length), not the old verl form (sum over rows / T).
-- ASPO: see `aspo_policy_loss` (its soft dual clip keeps the gradient of log p).
-- Archer: low-entropy tokens use the ordinary `clip_ratio_low/high`; the KL weight of high-entropy
-  tokens is fixed at 0 (Archer's `high_entropy_kl_loss_scale_coef` default), i.e. they are excluded.
+  token / sequence count over data-parallel ranks; the trainer does that scaling
+  (`micro_batch_weight`), so the gradient is the single-process one whatever the world size.
+- `seq-mean-token-sum-norm` is verl's (sum over the batch of each sequence's token sum, divided by
+  `loss_scale_factor` = max_response_length): no mean over sequences. `seq-mean-*` modes average
+  over the sequences that have at least one valid token (verl's newest `agg_loss`).
+- ASPO: see `aspo_policy_loss` (the official Archer2.0 `compute_policy_loss_archer`, values and
+  gradients).
+- Archer token classes: low-entropy tokens use the ordinary `clip_ratio_low/high`, high-entropy ones
+  `high_entropy_clip_ratio_low/high`; the KL of high-entropy tokens is weighted by
+  `high_entropy_kl_loss_scale_coef` (Archer's default 0: excluded).
 """
 
 from __future__ import annotations
@@ -99,15 +102,24 @@ def overlong_penalty(lengths: Tensor, max_response_length: int, buffer_len: int,
     return torch.clamp(-(lengths - expected) / buffer_len, max=0.0) * factor
 
 
-def filter_groups(scores: Tensor, group_index: Tensor) -> tuple[Tensor, dict[str, float]]:
-    """Drop prompt groups that carry no learning signal (Archer2.0 / DAPO dynamic sampling).
+FILTER_RULES: tuple[str, ...] = ("archer", "dapo")
 
-    A group is "solve_none" when all its scores are identical and <= 0, "solve_all" when all are
-    identical and >= 1; both are dropped. Groups of identical scores strictly between 0 and 1 are
-    kept (their advantages are 0 anyway). A group of one is identical by definition.
-    Returns keep (N,) bool and {"batch/solve_none", "batch/solve_all", "batch/valid"}: fractions
-    of groups (not of responses).
+
+def filter_groups(scores: Tensor, group_index: Tensor,
+                  rule: str = "archer") -> tuple[Tensor, dict[str, float]]:
+    """Which prompt groups to train on (dynamic sampling without the re-sampling).
+
+        archer  drop a group when every score is exactly 0 ("solve_none") or every score is
+                exactly 1 ("solve_all"); keep everything else, a group of one included
+                (Archer2.0 `dapo/dapo_ray_trainer.py`, the rejection-sampling block of `fit`)
+        dapo    keep a group when its scores are not all identical, or it has one response
+                (verl DAPO recipe `dapo_ray_trainer.py`: std > 0 or len == 1)
+
+    Metrics, whatever the rule (fractions of groups, not responses; Archer2.0 logs counts):
+    batch/solve_none (all exactly 0), batch/solve_all (all exactly 1), batch/valid (kept).
+    scores, group_index (N,) -> keep (N,) bool.
     """
+    _check_name("filter rule", rule, FILTER_RULES)
     _, inv = torch.unique(group_index, return_inverse=True)  # (N,)
     n_groups = int(inv.max()) + 1 if inv.numel() else 0
     if n_groups == 0:
@@ -117,10 +129,14 @@ def filter_groups(scores: Tensor, group_index: Tensor) -> tuple[Tensor, dict[str
     init = torch.full((n_groups,), math.inf, dtype=torch.float64, device=x.device)
     gmin = init.scatter_reduce(0, inv, x, reduce="amin")  # (G,)
     gmax = (-init).scatter_reduce(0, inv, x, reduce="amax")  # (G,)
-    identical = gmin == gmax
-    none = identical & (gmax <= 0)
-    all_ = identical & (gmin >= 1)
-    keep_group = ~(none | all_)
+    size = torch.zeros(n_groups, dtype=torch.long, device=x.device).index_add(
+        0, inv, torch.ones_like(inv))  # (G,)
+    none = (gmin == 0) & (gmax == 0)
+    all_ = (gmin == 1) & (gmax == 1)
+    if rule == "archer":
+        keep_group = ~(none | all_)
+    else:
+        keep_group = (gmin != gmax) | (size == 1)
     metrics = {"batch/solve_none": none.double().mean().item(),
                "batch/solve_all": all_.double().mean().item(),
                "batch/valid": keep_group.double().mean().item()}
@@ -184,22 +200,27 @@ def kl_penalty(logp: Tensor, ref_logp: Tensor, kind: str) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 # Aggregation (B, T) -> scalar
 # ---------------------------------------------------------------------------------------------
+def _rows_with_tokens(mask: Tensor) -> Tensor:
+    return (mask.sum(dim=-1) > 0).to(mask.dtype)  # (B,) 1 for a sequence with a valid token
+
+
 def _agg_token_mean(loss_mat: Tensor, mask: Tensor, max_len: int | None) -> Tensor:
     return masked_mean(loss_mat, mask)
 
 
 def _agg_seq_token_sum(loss_mat: Tensor, mask: Tensor, max_len: int | None) -> Tensor:
-    return (loss_mat * mask).sum(dim=-1).mean()  # (B,) -> scalar
+    seq = (loss_mat * mask).sum(dim=-1)  # (B,)
+    return seq.sum() / _rows_with_tokens(mask).sum().clamp_min(1.0)
 
 
 def _agg_seq_token_mean(loss_mat: Tensor, mask: Tensor, max_len: int | None) -> Tensor:
     seq = (loss_mat * mask).sum(dim=-1) / mask.sum(dim=-1).clamp_min(1.0)  # (B,)
-    return seq.mean()
+    return seq.sum() / _rows_with_tokens(mask).sum().clamp_min(1.0)
 
 
 def _agg_seq_token_sum_norm(loss_mat: Tensor, mask: Tensor, max_len: int | None) -> Tensor:
     norm = loss_mat.shape[-1] if max_len is None else max_len
-    return ((loss_mat * mask).sum(dim=-1) / norm).mean()  # (B,) -> scalar
+    return (loss_mat * mask).sum() / norm  # sum over every sequence's token sum, no mean
 
 
 _AGG: dict[str, Callable[[Tensor, Tensor, int | None], Tensor]] = {
@@ -214,18 +235,37 @@ AGG_MODES: tuple[str, ...] = tuple(_AGG)
 def agg_loss(loss_mat: Tensor, mask: Tensor, mode: str,
              max_response_length: int | None = None) -> Tensor:
     """Reduce a per-token loss (B, T) over the valid tokens of `mask` (B, T) to a scalar
-    (verl `agg_loss`):
+    (verl `core_algos.agg_loss`):
 
-        token-mean               sum(l*m) / sum(m)                    (DAPO token-level loss)
-        seq-mean-token-sum       mean_b( sum_t l*m )
-        seq-mean-token-mean      mean_b( sum_t l*m / sum_t m )        (original GRPO)
-        seq-mean-token-sum-norm  mean_b( sum_t l*m / max_response_length )   (Dr. GRPO)
+        token-mean               sum_bt(l*m) / sum_bt(m)                     (DAPO token-level loss)
+        seq-mean-token-sum       mean_b'( sum_t l*m )
+        seq-mean-token-mean      mean_b'( sum_t l*m / sum_t m )              (original GRPO)
+        seq-mean-token-sum-norm  sum_b( sum_t l*m ) / loss_scale_factor      (Dr. GRPO)
 
-    max_response_length defaults to T (= mask.shape[-1], verl's default); pass the configured
-    cap so the divisor stays constant when batches are padded to different lengths.
+    b' runs over the sequences with at least one valid token. seq-mean-token-sum-norm is a sum
+    over the batch, not a mean: its loss_scale_factor is `max_response_length`, or T
+    (= mask.shape[-1], verl's default) when None; pass the configured cap so the divisor stays
+    constant when batches are padded to different lengths.
     """
     _check_name("loss_agg_mode", mode, _AGG)
     return _AGG[mode](loss_mat, mask.to(loss_mat.dtype), max_response_length)
+
+
+def agg_units(mask: Tensor, mode: str) -> float:
+    """What `agg_loss` averages over in `mask` (B, T): valid tokens for token-mean, sequences with
+    a valid token otherwise (seq-mean-token-sum-norm averages over nothing; its count only tells
+    whether a batch has anything to train on)."""
+    _check_name("loss_agg_mode", mode, _AGG)
+    return float(mask.sum()) if mode == "token-mean" else float(_rows_with_tokens(mask).sum())
+
+
+def micro_batch_weight(micro_mask: Tensor, global_units: float, mode: str) -> float:
+    """Factor w such that sum over micro-batches of w * agg_loss(micro) == agg_loss(global batch),
+    where global_units = agg_units of the global batch (> 0). For the means it is the micro-batch's
+    share of the units; seq-mean-token-sum-norm is already a sum, so 1."""
+    if mode == "seq-mean-token-sum-norm":
+        return 1.0
+    return agg_units(micro_mask, mode) / global_units
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,41 +320,49 @@ def vanilla_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask
 def aspo_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor,
                      clip_low: Tensor | float, clip_high: Tensor | float,
                      clip_c: float) -> tuple[Tensor, dict[str, Tensor]]:
-    """ASPO, Asymmetric Importance Sampling Policy Optimization (Wang et al., arXiv 2510.06062;
-    official code github.com/wizard-III/Archer2.0 `core_algos.py`, read here through a public verl
-    port of its `compute_policy_loss_aspo`).
+    """ASPO, Asymmetric Importance Sampling Policy Optimization (Wang et al., arXiv 2510.06062), as
+    the official code computes it (github.com/wizard-III/Archer2.0, `verl/trainer/ppo/core_algos.py`
+    `compute_policy_loss_archer`; where it differs from the paper, the code is the spec).
 
-    Negative-advantage tokens (A <= 0): exactly `vanilla_policy_loss`, dual clip included (the
-    port skips the dual clip there; verl's DAPO baseline of the paper has it).
-    Positive-advantage tokens (A > 0):
-      1. hard clip first, on the ordinary ratio r: if r > 1 + clip_high the token keeps PPO's
-         constant loss -A (1 + clip_high) and gets no gradient (same as vanilla);
-      2. otherwise the IS ratio is flipped, r -> 1/r = pi_old / pi, so that tokens whose
-         probability is still low get the larger weight, and soft-dual-clipped at clip_c:
-             w = min(1/r, clip_c)                       (stop-gradient)
-             l = -A * w * exp(logp - sg(logp))          value -A w, gradient -A w grad(logp)
-         i.e. the weight is bounded but the gradient never vanishes ("soft" dual clip).
-    Simplification: the flipped ratio pi_old * pi / sg(pi)^2 has the same value (1/r) and
-    gradient ((1/r) grad(logp)) as (1/r) * exp(logp - sg(logp)), so both branches share the one
-    form above. Departure: where the soft clip binds, the port multiplies by log p / sg(log p),
-    whose gradient grad(logp) / log p has the wrong sign (log p < 0); we use clip_c * grad(logp),
-    the bounded, never-vanishing gradient the paper describes. No extra knob: the soft-clip cap
-    is `clip_ratio_c`, as in the port. The port recommends loss_agg_mode "seq-mean-token-mean".
-    Extra metric: actor/aspo_soft_clipfrac = mean_mask[A > 0, not hard-clipped, 1/r > clip_c].
+        r  = exp(clamp(logp - old_logp, -20, 20))
+        A < 0:   r_n = max(r, 1 - clip_low)          PPO's pessimistic bound (no upper clip)
+                 l = -A r_n                           r_n <= c
+                 l = -A c logp                        r_n >  c   (dual clip that keeps a gradient)
+        A >= 0:  r_p = min(r, 1 + clip_high)         hard clip: no gradient above 1 + clip_high
+                 l = -A r_p / sg(r_p)^2               1/r_p <= c (value -A / r_p: the flipped IS
+                                                      ratio; gradient -A (1/r) grad(logp))
+                 l = -A c logp                        1/r_p >  c (soft dual clip)
+
+    sg = stop-gradient. Both dual clips give the gradient -A c grad(logp): bounded, never zero. Their
+    value is -A c logp (not -A c), so the reported pg_loss is Archer2.0's. Tokens with A = 0 add 0.
+    Metrics: actor/pg_clipfrac (hard clip active: A < 0 and r < 1 - clip_low, or A >= 0 and
+    r > 1 + clip_high), actor/pg_clipfrac_lower (the A < 0 dual clip, over all tokens, as verl),
+    actor/negative_pg_clipfrac_dual and actor/positive_pg_clipfrac_dual (Archer2.0's: the dual clip's
+    share of the A < 0, resp. A > 0, tokens). Archer2.0 runs ASPO with token-mean aggregation and
+    its token classes (`entropy_quantile` 0.8, clip 0.2, high-entropy clip 0.4, clip_ratio_c 3).
     """
+    if not clip_c > 1.0:
+        raise ValueError(f"clip_ratio_c must be > 1 for dual-clip PPO, got {clip_c}")
     adv = _per_token(advantages, logp)  # (B, T)
-    log_ratio, l1, l2, clip1, l3, base = _ppo_terms(logp, old_logp, adv, clip_low, clip_high,
-                                                     clip_c)
-    inv_ratio = torch.exp(-log_ratio).detach()  # (B, T) 1/r = pi_old / pi
-    weight = torch.clamp(inv_ratio, max=clip_c)  # (B, T)
-    flipped = -adv * weight * torch.exp(logp - logp.detach())  # (B, T)
-    use_flip = (adv > 0) & ~(l2 > l1)  # positive and not hard-clipped
-    loss = torch.where(use_flip, flipped, base)
+    lo = 1 - torch.as_tensor(clip_low, dtype=logp.dtype, device=logp.device)
+    hi = 1 + torch.as_tensor(clip_high, dtype=logp.dtype, device=logp.device)
+    ratio = torch.exp(torch.clamp(logp - old_logp, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))  # (B, T)
+    neg = adv < 0
+    r_neg = torch.maximum(ratio, lo)  # (B, T)
+    r_pos = torch.minimum(ratio, hi)  # (B, T)
+    neg_dual = r_neg > clip_c
+    pos_dual = r_pos.reciprocal() > clip_c
+    dual = -adv * clip_c * logp  # (B, T) value -A c logp, gradient -A c grad(logp)
+    neg_loss = torch.where(neg_dual, dual, -adv * r_neg)
+    pos_loss = torch.where(pos_dual, dual, -adv * r_pos / r_pos.detach().square())
+    loss = torch.where(neg, neg_loss, pos_loss)
+    hard = torch.where(neg, ratio < lo, ratio > hi)
+    f = logp.dtype
     metrics = {
-        "actor/pg_clipfrac": masked_mean((l2 > l1).to(logp.dtype), mask),
-        "actor/pg_clipfrac_lower": masked_mean(((clip1 > l3) & (adv < 0)).to(logp.dtype), mask),
-        "actor/aspo_soft_clipfrac": masked_mean((use_flip & (inv_ratio > clip_c)).to(logp.dtype),
-                                                mask),
+        "actor/pg_clipfrac": masked_mean(hard.to(f), mask),
+        "actor/pg_clipfrac_lower": masked_mean((neg_dual & neg).to(f), mask),
+        "actor/negative_pg_clipfrac_dual": masked_mean(neg_dual.to(f), mask * neg.to(f)),
+        "actor/positive_pg_clipfrac_dual": masked_mean(pos_dual.to(f), mask * (adv > 0).to(f)),
     }
     return loss, metrics
 
@@ -363,8 +411,9 @@ class LossConfig:
     # Archer dual-token constraints (arXiv 2507.15778); off while entropy_quantile is None.
     # Archer uses 0.8: the top 20% entropy tokens of each response are "high-entropy".
     entropy_quantile: float | None = None
-    high_entropy_clip_ratio_low: float = 0.5  # Archer: looser clip for high-entropy tokens
-    high_entropy_clip_ratio_high: float = 0.5  # (low-entropy tokens use clip_ratio_low/high)
+    high_entropy_clip_ratio_low: float = 0.4  # Archer2.0: looser clip for high-entropy tokens
+    high_entropy_clip_ratio_high: float = 0.4  # (low-entropy tokens use clip_ratio_low/high)
+    high_entropy_kl_loss_scale_coef: float = 0.0  # KL weight of high-entropy tokens (Archer: 0)
 
     def __post_init__(self) -> None:
         _check_name("policy_loss", self.policy_loss, POLICY_LOSSES)
@@ -373,7 +422,8 @@ class LossConfig:
         if not self.clip_ratio_c > 1.0:
             raise ValueError(f"clip_ratio_c must be > 1 for dual-clip PPO, got {self.clip_ratio_c}")
         for name in ("clip_ratio_low", "clip_ratio_high", "high_entropy_clip_ratio_low",
-                     "high_entropy_clip_ratio_high", "kl_loss_coef"):
+                     "high_entropy_clip_ratio_high", "kl_loss_coef",
+                     "high_entropy_kl_loss_scale_coef"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.entropy_quantile is not None and not 0.0 < self.entropy_quantile < 1.0:
@@ -398,16 +448,22 @@ def actor_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantag
 
         loss = agg(pg) + kl_loss_coef * agg_K(kl(logp, ref)) - entropy_coeff * agg(H)
 
-    agg is `cfg.loss_agg_mode` over `mask`; agg_K is the same over `mask`, or over the
-    low-entropy tokens only when Archer is on (cfg.entropy_quantile set), which also gives
-    high-entropy tokens the clip range high_entropy_clip_ratio_low/high.
+    agg is `cfg.loss_agg_mode` over `mask`. With Archer's token classes (cfg.entropy_quantile set;
+    Archer2.0 `dp_actor.update_policy`, use_token_entropy_separate) high-entropy tokens get the
+    clip range high_entropy_clip_ratio_low/high and the KL term splits in two aggregations:
+
+        kl_loss_coef * agg(kl over low-entropy tokens)
+          + high_entropy_kl_loss_scale_coef * agg(kl over high-entropy tokens)
+
+    and actor/kl_loss reports the sum of both aggregations (Archer2.0), with each part as
+    actor/low_entropy_kl_loss and actor/high_entropy_kl_loss.
     logp/old_logp/ref_logp/entropy/mask (B, T); advantages (B,) or (B, T). ref_logp may be None
     when kl_loss_coef == 0; entropy may be None when entropy_coeff == 0 and Archer is off.
     token_weights (B, T), optional, multiply the per-token policy-gradient loss (`tis_weights`).
     Metrics (floats): actor/pg_loss, actor/pg_clipfrac, actor/pg_clipfrac_lower, actor/ppo_kl
     (= mean_mask(old_logp - logp), log-ratio clamped to +-20 as verl), actor/kl_loss (when
     ref_logp is given), actor/entropy (agg of H, when given), actor/high_entropy_frac (Archer),
-    and any extra metric of the policy loss (e.g. actor/aspo_soft_clipfrac).
+    and any extra metric of the policy loss (e.g. actor/positive_pg_clipfrac_dual).
     """
     if cfg.kl_loss_coef != 0 and ref_logp is None:
         raise ValueError("ref_logp is required when kl_loss_coef != 0")
@@ -419,13 +475,12 @@ def actor_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantag
     def agg(mat: Tensor, m: Tensor) -> Tensor:
         return agg_loss(mat, m, cfg.loss_agg_mode, cfg.max_response_length)
 
-    clip_low, clip_high, kl_mask = cfg.clip_ratio_low, cfg.clip_ratio_high, mask
+    clip_low, clip_high, high = cfg.clip_ratio_low, cfg.clip_ratio_high, None
     metrics: dict[str, float] = {}
     if cfg.entropy_quantile is not None:
         high = high_entropy_mask(entropy, mask, cfg.entropy_quantile)  # (B, T) bool
         clip_low = torch.where(high, cfg.high_entropy_clip_ratio_low, cfg.clip_ratio_low)
         clip_high = torch.where(high, cfg.high_entropy_clip_ratio_high, cfg.clip_ratio_high)
-        kl_mask = mask * (~high).to(mask.dtype)
         metrics["actor/high_entropy_frac"] = masked_mean(high.to(mask.dtype), mask).item()
 
     pg_mat, pg_metrics = POLICY_LOSSES[cfg.policy_loss](
@@ -435,9 +490,17 @@ def actor_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantag
     pg_loss = agg(pg_mat, mask)
     loss = pg_loss
     if ref_logp is not None:
-        kl_loss = agg(kl_penalty(logp, ref_logp, cfg.kl_loss_type), kl_mask)
-        if cfg.kl_loss_coef != 0:
-            loss = loss + cfg.kl_loss_coef * kl_loss
+        kl = kl_penalty(logp, ref_logp, cfg.kl_loss_type)  # (B, T)
+        if high is None:
+            kl_loss = agg(kl, mask)
+            loss = loss + cfg.kl_loss_coef * kl_loss if cfg.kl_loss_coef != 0 else loss
+        else:
+            kl_low = agg(kl, mask * (~high).to(mask.dtype))
+            kl_high = agg(kl, mask * high.to(mask.dtype))
+            loss = loss + cfg.kl_loss_coef * kl_low + cfg.high_entropy_kl_loss_scale_coef * kl_high
+            kl_loss = kl_low + kl_high
+            metrics["actor/low_entropy_kl_loss"] = kl_low.item()
+            metrics["actor/high_entropy_kl_loss"] = kl_high.item()
         metrics["actor/kl_loss"] = kl_loss.item()
     if entropy is not None:
         ent = agg(entropy, mask)

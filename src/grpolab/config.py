@@ -20,6 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 PosInt = Field(gt=0)
 Prob = Field(ge=0.0, le=1.0)
 
+# Algorithm choices: the names of grpolab.algo's registries (tests/test_config.py keeps them equal),
+# spelled out here so that `params check` needs no torch.
+PolicyLoss = Literal["vanilla", "aspo"]
+KlLossType = Literal["kl", "abs", "mse", "low_var_kl"]
+LossAggMode = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+FilterRule = Literal["archer", "dapo"]
+
 
 class _Strict(BaseModel):
     # extra="forbid": a typo such as `temprature` is an error, never silently ignored.
@@ -118,6 +125,28 @@ class SmokeCfg(_Strict):
     max_grad_norm: float = Field(1000.0, gt=0.0)  # a step's grad norm above this fails the smoke
 
 
+class RewardCfg(_Strict):
+    """How responses are scored (grpolab.reward_plugin documents the calling convention)."""
+
+    # `builtin:math` (the last \boxed{} answer checked by math-verify), `package.module:function`,
+    # or `path/in/workspace.py:function`; or a mapping of those to weights (score = sum of
+    # weight * score). A function is called like verl's custom_reward_function.
+    function: str | dict[str, float] = "builtin:math"
+    # hard time bound, seconds per answer (built-in) or per call (a function): past it the worker
+    # process is killed and the response scores 0 (reward/timeout, or reward/error for a function)
+    timeout_s: float = Field(5.0, gt=0.0)
+
+    @field_validator("function", mode="before")
+    @classmethod
+    def _known_form(cls, v):
+        from .reward_plugin import function_problems
+
+        problems = function_problems(v)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
+
+
 class TrackingCfg(_Strict):
     mlflow: bool = True
     mlflow_tracking_uri: str = ""  # empty: sqlite:///<repo root>/mlflow.db ; or http://host:5000
@@ -172,19 +201,27 @@ class Params(_Strict):
     grad_clip: float = Field(1.0, gt=0.0)
     ppo_epochs: int = Field(3, gt=0)  # passes over each step's rollouts
     # --- loss (verl semantics, see grpolab.algo) ----------------------------------------------
-    policy_loss: str = "vanilla"  # vanilla PPO-clip | aspo (arXiv 2510.06062)
+    policy_loss: PolicyLoss = "vanilla"  # vanilla PPO-clip | aspo (arXiv 2510.06062, Archer2.0's code)
     norm_adv_by_std: bool = True  # False = Dr. GRPO (arXiv 2503.20783)
     kl_loss_coef: float = Field(0.001, ge=0.0)
-    kl_loss_type: Literal["kl", "abs", "mse", "low_var_kl"] = "low_var_kl"
+    kl_loss_type: KlLossType = "low_var_kl"
     entropy_coeff: float = Field(0.0, ge=0.0)
     clip_ratio_low: float = Field(0.2, ge=0.0, lt=1.0)
     clip_ratio_high: float = Field(0.2, ge=0.0)
-    clip_ratio_c: float = Field(3.0, gt=1.0)  # dual-clip bound for negative advantages
-    loss_agg_mode: Literal[
-        "token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"
-    ] = "token-mean"
-    entropy_quantile: float | None = Field(None, gt=0.0, lt=1.0)  # Archer2.0 (arXiv 2507.15778)
-    filter_groups: bool = False  # drop groups whose rewards are all 0 or all 1 (DAPO)
+    clip_ratio_c: float = Field(3.0, gt=1.0)  # dual-clip bound for negative advantages (ASPO: both signs)
+    # token-mean | seq-mean-token-sum | seq-mean-token-mean | seq-mean-token-sum-norm (verl agg_loss;
+    # the last is a sum over sequences divided by max_response_length, Dr. GRPO arXiv 2503.20783)
+    loss_agg_mode: LossAggMode = "token-mean"
+    # Archer token classes (arXiv 2507.15778): per response, tokens whose entropy is above this
+    # quantile are "high-entropy"; null = off. Archer2.0 uses 0.8.
+    entropy_quantile: float | None = Field(None, gt=0.0, lt=1.0)
+    high_entropy_clip_ratio_low: float = Field(0.4, ge=0.0, lt=1.0)  # clip range of high-entropy
+    high_entropy_clip_ratio_high: float = Field(0.4, ge=0.0)  # tokens (Archer2.0 ASPO: 0.4)
+    high_entropy_kl_loss_scale_coef: float = Field(0.0, ge=0.0)  # KL weight of high-entropy tokens
+    filter_groups: bool = False  # drop prompt groups without learning signal (filter_groups_rule)
+    # archer: drop groups whose scores are all exactly 0 or all exactly 1 (Archer2.0);
+    # dapo: drop groups whose scores are all equal, groups of one kept (verl DAPO)
+    filter_groups_rule: FilterRule = "archer"
     overlong_buffer_len: int = Field(0, ge=0)  # DAPO overlong penalty buffer (0 = off)
     overlong_penalty_factor: float = Field(1.0, ge=0.0)
     # Truncated importance sampling against the rollout engine's own log-probs (Yao et al. 2025, "Your
@@ -199,6 +236,7 @@ class Params(_Strict):
     data: DataCfg = DataCfg()
     rollout: RolloutCfg = RolloutCfg()
     val: ValCfg = ValCfg()
+    reward: RewardCfg = RewardCfg()
     trainer: TrainerCfg = TrainerCfg()
     smoke: SmokeCfg = SmokeCfg()
     tracking: TrackingCfg = TrackingCfg()
@@ -260,6 +298,10 @@ def batch_rule_errors(d: dict) -> list[str]:
     rule(lambda: d.get("tis_imp_ratio_cap") is not None and d["rollout"]["engine"] == "hf" and (
         f"tis_imp_ratio_cap: {d['tis_imp_ratio_cap']} — needs an engine that reports its sampling "
         f"log-probs (rollout.engine: vllm); the hf engine samples with the trainer's own weights"))
+    rule(lambda: d["high_entropy_kl_loss_scale_coef"] > 0 and not (
+        d["kl_loss_coef"] > 0 and d["entropy_quantile"] is not None) and (
+        f"high_entropy_kl_loss_scale_coef: {d['high_entropy_kl_loss_scale_coef']} — needs "
+        f"kl_loss_coef > 0 and entropy_quantile set (it weights the KL of high-entropy tokens)"))
     rule(lambda: d["overlong_buffer_len"] >= d["max_response_length"] and (
         f"overlong_buffer_len: {d['overlong_buffer_len']} — must be smaller than "
         f"max_response_length ({d['max_response_length']})"))
@@ -308,6 +350,8 @@ def _format_errors(exc: ValidationError, raw: dict) -> list[str]:
             continue
         value = e.get("input")
         rule = e["msg"]
+        if e["type"] == "value_error":  # a field validator's own message, without pydantic's prefix
+            rule = str(e["ctx"]["error"])
         if e["type"] == "extra_forbidden":
             rule = "unknown key (typo?)"
         out.append(f"{loc}: {value!r} — {rule}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 TOY_SOURCE = "toy/add"
@@ -29,6 +29,7 @@ class Example:
     ground_truth: str
     data_source: str
     index: int
+    extra_info: dict = field(default_factory=dict, compare=False)  # the row's, for reward functions
 
 
 class DataError(ValueError):
@@ -125,7 +126,8 @@ def load_examples(files: list[str], count_tokens=None, max_prompt_length: int | 
             examples.append(Example(prompt=prompt,
                                     ground_truth=str(row["reward_model"]["ground_truth"]),
                                     data_source=str(row.get("data_source", "unknown")),
-                                    index=len(examples)))
+                                    index=len(examples),
+                                    extra_info=dict(row.get("extra_info") or {})))
     if bad and not skip_bad_rows:
         shown = "\n  ".join(bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
         raise DataError(f"{len(bad)} bad row(s) (set data.skip_bad_rows: true to skip them):\n  {shown}")

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .reward import REASONS
+
 
 @dataclass(frozen=True)
 class Ctx:
@@ -67,14 +69,16 @@ def all_reduce_sum(x: float | int, device: torch.device) -> float:
     return float(t)
 
 
+_SUMMED = {f"reward/{r}" for r in REASONS} | {"reward/error", "perf/total_num_tokens"}  # counts
+
+
 def reduction(key: str) -> str:
     """How a metric combines over ranks (each rank holds the same number of prompts/responses)."""
     if key.endswith("max") or key.startswith("timing_s/") or key.startswith("perf/max_memory"):
         return "max"
     if key.endswith("min"):
         return "min"
-    if (key.startswith("reward/") and key != "reward/accuracy") or key in (
-            "perf/total_num_tokens", "perf/throughput"):
+    if key in _SUMMED:
         return "sum"
     return "mean"
 

@@ -226,7 +226,7 @@ def evaluate(p: Params) -> dict:
     """Score the final model on the validation set (val.n samples per prompt) through the rollout
     engine alone: one model copy on the device, no optimizer, no reference model."""
     from . import dist, validation
-    from .reward import RewardScorer
+    from .reward_plugin import RewardFunctions
     from .rollout import make_engine
     from .trainer import device_kind
 
@@ -244,7 +244,7 @@ def evaluate(p: Params) -> dict:
     if p.val.max_prompts:
         examples = examples[: p.val.max_prompts]
     engine = make_engine(ep, final, device=ctx.device)
-    scorer = RewardScorer(num_workers=1, timeout_s=5.0)
+    scorer = RewardFunctions(p.reward.function, p.reward.timeout_s, num_workers=1)
     try:
         metrics = validation.run(engine, tok, examples, ep, 0, scorer, ctx.rank, ctx.world, encode)
     finally:

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from . import algo, checkpoint, data, dist, health, logprobs, models, validation
+from . import algo, checkpoint, data, dist, health, logprobs, metrics as glossary, models, validation
 from .config import Params
-from .reward import RewardScorer, reward_metrics
+from .reward_plugin import RewardFunctions
 from .rollout import Sampling, logprob_gap, make_engine, padded_logprobs, prompt_seed
 
 
@@ -109,6 +109,9 @@ def loss_config(p: Params) -> algo.LossConfig:
         clip_ratio_c=p.clip_ratio_c, loss_agg_mode=p.loss_agg_mode, kl_loss_coef=p.kl_loss_coef,
         kl_loss_type=p.kl_loss_type, entropy_coeff=p.entropy_coeff,
         max_response_length=p.max_response_length, entropy_quantile=p.entropy_quantile,
+        high_entropy_clip_ratio_low=p.high_entropy_clip_ratio_low,
+        high_entropy_clip_ratio_high=p.high_entropy_clip_ratio_high,
+        high_entropy_kl_loss_scale_coef=p.high_entropy_kl_loss_scale_coef,
     )
 
 
@@ -147,6 +150,8 @@ class Trainer:
             torch.set_num_threads(p.trainer.cpu_threads)
         random.seed(p.seed)
         torch.manual_seed(p.seed)
+        workers = max(1, (os.cpu_count() or 1) // max(1, p.n_gpus_per_node))
+        self.scorer = RewardFunctions(p.reward.function, p.reward.timeout_s, num_workers=workers)
         self.model, self.tok = models.load(model_dir, dtype=torch.float32, device=self.device)
         if p.model.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -166,8 +171,6 @@ class Trainer:
         warm = max(1, p.lr_warmup_steps)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm))
         self.engine = make_engine(p, model_dir, model=self.model, tokenizer=self.tok, device=self.device)
-        workers = max(1, (os.cpu_count() or 1) // max(1, p.n_gpus_per_node))
-        self.scorer = RewardScorer(num_workers=workers, timeout_s=5.0)
         self.sampler = PromptSampler(len(self.train_set), p.seed, p.data.shuffle)
         self.loss_cfg = loss_config(p)
         self.step = 0
@@ -203,40 +206,53 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------
     def train_step(self) -> dict:
         p, ctx, t0 = self.p, self.ctx, time.perf_counter()
-        batch_idx, epoch = self.sampler.take(p.train_prompt_bsz)
+        epoch = self.sampler.pos // self.sampler.n  # 0-based epoch of the step's first prompt (verl)
+        batch_idx, _ = self.sampler.take(p.train_prompt_bsz)
         positions = rank_prompts(list(range(len(batch_idx))), p.train_prompt_mini_bsz, ctx.rank, ctx.world)
         examples = [self.train_set[batch_idx[i]] for i in positions]
+        timing, clock = {}, time.perf_counter
+
+        def lap(name: str, since: float) -> float:
+            timing[name] = clock() - since
+            return clock()
+
         # 1. rollout: n responses per prompt, each prompt's group seeded by its position in the step
         seeds = [prompt_seed(p.seed, self.step, i) for i in positions]
         self.engine.wake()  # takes its memory back (and the pending weight push) before generating
         rollout = self.engine.generate(self.prompt_ids(examples), Sampling(
             p.n_resp_per_prompt, p.temperature, p.top_p, p.max_response_length), seeds=seeds)
         self.engine.sleep()  # frees it for log-probs and updates
-        t_gen = time.perf_counter() - t0
+        t = lap("gen", t0)
         # 2. reward
         texts = self.tok.batch_decode(rollout.response_ids, skip_special_tokens=True)
-        gts = [examples[g].ground_truth for g in rollout.group_index.tolist()]
-        results = self.scorer.score(texts, gts)
+        rows = [examples[g] for g in rollout.group_index.tolist()]
+        gts = [e.ground_truth for e in rows]
+        results = self.scorer.score(texts, gts, [e.data_source for e in rows], [e.extra_info for e in rows])
         scores = torch.tensor([r.score for r in results], dtype=torch.float32)
         lengths = torch.tensor([len(r) for r in rollout.response_ids], dtype=torch.float32)
         if p.overlong_buffer_len:
             scores = scores + algo.overlong_penalty(lengths, p.max_response_length,
                                                     p.overlong_buffer_len, p.overlong_penalty_factor)
-        # 3. advantages per prompt group (a group lives on one rank); optionally drop all-0/all-1 groups
-        keep, metrics = algo.filter_groups(scores, rollout.group_index)
+        t = lap("reward", t)
+        # 3. advantages per prompt group (a group lives on one rank); optionally drop groups without signal
+        keep, metrics = algo.filter_groups(scores, rollout.group_index, p.filter_groups_rule)
         if not p.filter_groups:
             keep = torch.ones_like(keep)
         adv = self.advantage_sign * algo.grpo_advantages(scores, rollout.group_index,
                                                           norm_by_std=p.norm_adv_by_std)
         batch = build_batch(rollout, self.tok.pad_token_id, self.device)
         batch["response_mask"] *= keep.to(self.device).unsqueeze(-1).float()  # dropped groups: no loss
+        t = lap("adv", t)
         # 4. old and reference log-probs
-        t1 = time.perf_counter()
         micro = p.trainer.ppo_micro_batch_size_per_gpu
         self.model.eval()
         chunk = p.trainer.logits_chunk_tokens
         old_logp = logp_all(self.model, batch, p.temperature, micro, chunk)
-        ref_logp = logp_all(self.ref, batch, p.temperature, micro, chunk) if self.ref is not None else None
+        t = lap("old_log_prob", t)
+        ref_logp = None
+        if self.ref is not None:
+            ref_logp = logp_all(self.ref, batch, p.temperature, micro, chunk)
+            t = lap("ref", t)
         engine_logp = padded_logprobs(rollout, old_logp.shape[1], self.device)  # (N, R) or None
         tis = None
         if engine_logp is not None:
@@ -245,41 +261,45 @@ class Trainer:
                 tis = algo.tis_weights(old_logp, engine_logp, p.tis_imp_ratio_cap)  # (N, R)
         # 5. ppo_epochs x mini-batches of updates
         self.model.train()
-        metrics.update(self.update(batch, old_logp, ref_logp, adv.to(self.device), keep, tis))
+        metrics.update(self.update(batch, old_logp, ref_logp, adv.to(self.device), tis))
         self.sched.step()
+        t = lap("update_actor", t)
         self.engine.sync_weights(self.model)  # pushed at the next wake
-        t_upd = time.perf_counter() - t1
-        # 6. metrics (local, then combined over ranks)
-        dt = time.perf_counter() - t0
-        n_tokens = int(batch["attention_mask"].sum())
+        lap("update_weights", t)
+        timing["step"] = clock() - t0
+        # 6. metrics (local, then combined over ranks; verl's names and definitions, grpolab.metrics)
+        prompt_lengths = torch.tensor([len(x) for x in rollout.prompt_ids], dtype=torch.float32)
+        metrics.update(glossary.data_metrics(scores, adv, lengths, prompt_lengths,
+                                             batch["response_mask"].cpu(), p.max_prompt_length,
+                                             p.max_response_length))
+        metrics.update({f"timing_s/{k}": v for k, v in timing.items()})
         metrics.update({
-            "critic/score/mean": scores.mean().item(), "critic/score/max": scores.max().item(),
-            "critic/score/min": scores.min().item(), "critic/advantages/mean": adv.mean().item(),
-            "response_length/mean": lengths.mean().item(), "response_length/max": lengths.max().item(),
-            "response_length/clip_ratio": rollout.truncated.float().mean().item(),
             "actor/lr": self.opt.param_groups[0]["lr"], "training/epoch": epoch,
-            "timing_s/step": dt, "timing_s/gen": t_gen, "timing_s/update": t_upd,
-            "perf/throughput": n_tokens / dt, "perf/total_num_tokens": n_tokens,
+            "training/global_step": self.step,
+            "perf/total_num_tokens": int(prompt_lengths.sum() + lengths.sum()),
             "perf/max_memory_allocated_gb": peak_memory_gb(self.device),
         })
-        metrics.update(reward_metrics(results))
+        metrics.update(self.scorer.metrics(results))
         self.samples = [{"response": texts[i], "ground_truth": gts[i], "score": results[i].score}
                         for i in range(min(len(texts), p.trainer.log_samples))]
-        return dist.reduce_metrics(metrics, self.device)
+        out = dist.reduce_metrics(metrics, self.device)
+        n_resp = dist.all_reduce_sum(float(lengths.sum()), self.device)
+        out.update(glossary.timing_metrics(out, out["perf/total_num_tokens"] - n_resp, n_resp))
+        out.update(glossary.throughput_metrics(out["perf/total_num_tokens"], out["timing_s/step"], ctx.world))
+        return out
 
-    def update(self, batch, old_logp, ref_logp, adv, keep, tis=None) -> dict:
+    def update(self, batch, old_logp, ref_logp, adv, tis=None) -> dict:
         """ppo_epochs passes of mini-batch updates; losses scaled by global counts (see module doc)."""
         p, ctx, micro = self.p, self.ctx, self.p.trainer.ppo_micro_batch_size_per_gpu
         mask = batch["response_mask"]
         per_mini = (p.train_prompt_mini_bsz // ctx.world) * p.n_resp_per_prompt
-        by_tokens = p.loss_agg_mode == "token-mean"
+        mode = p.loss_agg_mode
         stats, grad_norms = [], []
         N = mask.shape[0]
         for _ in range(p.ppo_epochs):
             for m0 in range(0, N, per_mini):
                 rows = torch.arange(m0, min(m0 + per_mini, N), device=self.device)
-                local = float(mask[rows].sum()) if by_tokens else float(keep[rows.cpu()].sum())
-                total = dist.all_reduce_sum(local, self.device)
+                total = dist.all_reduce_sum(algo.agg_units(mask[rows], mode), self.device)
                 if total == 0:  # every group of this mini-batch dropped, on every rank
                     continue
                 self.opt.zero_grad(set_to_none=True)
@@ -290,8 +310,8 @@ class Trainer:
                     loss, st = algo.actor_loss(
                         logp, old_logp[idx], None if ref_logp is None else ref_logp[idx], adv[idx],
                         mask[idx], ent, self.loss_cfg, token_weights=None if tis is None else tis[idx])
-                    count = float(mask[idx].sum()) if by_tokens else float(len(idx))
-                    (loss * count / total * ctx.world).backward()  # FSDP averages over ranks
+                    w = algo.micro_batch_weight(mask[idx], total, mode)
+                    (loss * w * ctx.world).backward()  # FSDP averages over ranks
                     stats.append(st)
                 gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.grad_clip)
                 gn = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)  # DTensor under FSDP2

@@ -1,5 +1,6 @@
 """Validation sampling as a function over a rollout engine (not a second Trainer): the training loop's
-`val-core/<data_source>/acc/mean@n` and the evaluate stage call the same `run`.
+`val-core/<data_source>/acc/mean@n` (and verl's best@k / maj@k, grpolab.valmetrics) and the evaluate
+stage call the same `run`.
 
 Prompts are split over ranks round-robin; ranks with fewer prompts repeat the first one as a dummy
 (not scored) so every rank makes the same number of engine calls. Each prompt is seeded from
@@ -10,12 +11,13 @@ from __future__ import annotations
 import math
 import time
 
-from . import dist
+from . import dist, valmetrics
 from .rollout import Sampling, prompt_seed
 
 
 def run(engine, tok, examples, p, step: int, scorer, rank: int, world: int, encode) -> dict:
-    """acc/mean@val.n per data source over `examples`; `encode(messages) -> token ids`."""
+    """verl's validation metrics per data source over `examples` (acc/mean@n, best@k, maj@k, ...:
+    grpolab.valmetrics); `scorer` a grpolab.reward_plugin.RewardFunctions; `encode(messages) -> ids`."""
     if not examples or not p.val.n:
         return {}
     t0 = time.perf_counter()
@@ -30,17 +32,11 @@ def run(engine, tok, examples, p, step: int, scorer, rank: int, world: int, enco
     engine.sleep()
     real = [j for j, g in enumerate(rollout.group_index.tolist()) if g < len(mine)]
     texts = tok.batch_decode([rollout.response_ids[j] for j in real], skip_special_tokens=True)
-    ex = [examples[mine[rollout.group_index[j]]] for j in real]
-    scores = [r.score for r in scorer.score(texts, [e.ground_truth for e in ex])]
-    sums: dict[str, list[float]] = {}
-    for e, s in zip(ex, scores):
-        acc = sums.setdefault(e.data_source, [0.0, 0.0])
-        acc[0], acc[1] = acc[0] + s, acc[1] + 1
-    merged: dict[str, list[float]] = {}
-    for part in dist.gather_objects(sums):
-        for src, (s, n) in part.items():
-            acc = merged.setdefault(src, [0.0, 0.0])
-            acc[0], acc[1] = acc[0] + s, acc[1] + n
-    out = {f"val-core/{src}/acc/mean@{p.val.n}": s / n for src, (s, n) in merged.items()}
+    uids = [mine[rollout.group_index[j]] for j in real]
+    ex = [examples[u] for u in uids]
+    res = scorer.score(texts, [e.ground_truth for e in ex], [e.data_source for e in ex],
+                       [e.extra_info for e in ex])
+    rows = [(e.data_source, u, r.score, r.pred) for e, u, r in zip(ex, uids, res)]
+    out = valmetrics.validation_metrics([r for part in dist.gather_objects(rows) for r in part])
     out["timing_s/testing"] = time.perf_counter() - t0
     return out
