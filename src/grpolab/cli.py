@@ -34,8 +34,16 @@ ParamsFile = typer.Argument(Path("params.yaml"), help="params file to read")
 
 
 def load_or_exit(path: Path) -> config.Params:
+    """Validated params, reward functions resolved (imported) too; exit 1 naming every bad key."""
+    from .reward_plugin import RewardFunctionError, check_functions
+
     try:
-        return config.load(path)
+        p = config.load(path)
+        try:
+            check_functions(p.reward.function)
+        except RewardFunctionError as exc:
+            raise config.ParamsError(str(path), [str(exc)]) from None
+        return p
     except config.ParamsError as exc:
         err.print(f"[red]error[/]: {path}: {len(exc.errors)} invalid param(s):")
         for e in exc.errors:
