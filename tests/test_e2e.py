@@ -56,6 +56,14 @@ def test_exp_show_lists_both_runs_with_metrics(demo_dir):
         assert live["step"] == row["params"]["trainer"]["total_training_steps"]
         assert row["metrics"]["results/smoke/checks.json"]["passed"] is True
         assert "val-core/toy/add/acc/mean@2" in row["metrics"]["results/eval/metrics.json"]
+        assert "val-core/toy/add/acc/maj@2/mean" in row["metrics"]["results/eval/metrics.json"]
+        # verl's step metrics (issue 13) reach dvclive
+        assert live["critic"]["rewards"]["mean"] == live["critic"]["score"]["mean"]
+        assert {"gen", "reward", "old_log_prob", "update_actor", "step"} <= set(live["timing_s"])
+        assert live["perf"]["time_per_step"] > 0 and live["perf"]["throughput"] > 0
+        assert live["training"]["global_step"] == live["step"]
+        assert {"mean", "max", "min", "clip_ratio"} <= set(live["prompt_length"])
+        assert "update_actor" in live["timing_per_token_ms"]
 
 
 def test_mlflow_store_has_both_runs_with_git_tags(demo_dir):
