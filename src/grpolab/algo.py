@@ -14,7 +14,7 @@ clip-higher and the overlong penalty; Dr. GRPO (arXiv 2503.20783) the unscaled a
 Where this departs from the sources:
 - `agg_loss` is local to the tensors it gets: verl's newest version also rescales by the global
   token / sequence count over data-parallel ranks; the trainer does that scaling
-  (`micro_batch_weight`), so the gradient is the single-process one whatever the world size.
+  (`micro_batch_share`), so the gradient is the single-process one whatever the world size.
 - `seq-mean-token-sum-norm` is verl's (sum over the batch of each sequence's token sum, divided by
   `loss_scale_factor` = max_response_length): no mean over sequences. `seq-mean-*` modes average
   over the sequences that have at least one valid token (verl's newest `agg_loss`).
@@ -259,13 +259,14 @@ def agg_units(mask: Tensor, mode: str) -> float:
     return float(mask.sum()) if mode == "token-mean" else float(_rows_with_tokens(mask).sum())
 
 
-def micro_batch_weight(micro_mask: Tensor, global_units: float, mode: str) -> float:
-    """Factor w such that sum over micro-batches of w * agg_loss(micro) == agg_loss(global batch),
-    where global_units = agg_units of the global batch (> 0). For the means it is the micro-batch's
-    share of the units; seq-mean-token-sum-norm is already a sum, so 1."""
+def micro_batch_share(micro_mask: Tensor, global_units: float, mode: str) -> tuple[float, float]:
+    """(num, den) such that sum over micro-batches of agg_loss(micro) * num / den equals agg_loss of
+    the whole global batch, where global_units = agg_units of the global batch (> 0): the micro-batch's
+    share of the units for the means; (1, 1) for seq-mean-token-sum-norm, already a sum. A pair, not
+    a ratio, so the trainer multiplies then divides (the rounding the learning test was measured with)."""
     if mode == "seq-mean-token-sum-norm":
-        return 1.0
-    return agg_units(micro_mask, mode) / global_units
+        return 1.0, 1.0
+    return agg_units(micro_mask, mode), global_units
 
 
 # ---------------------------------------------------------------------------------------------

@@ -310,8 +310,8 @@ class Trainer:
                     loss, st = algo.actor_loss(
                         logp, old_logp[idx], None if ref_logp is None else ref_logp[idx], adv[idx],
                         mask[idx], ent, self.loss_cfg, token_weights=None if tis is None else tis[idx])
-                    w = algo.micro_batch_weight(mask[idx], total, mode)
-                    (loss * w * ctx.world).backward()  # FSDP averages over ranks
+                    num, den = algo.micro_batch_share(mask[idx], total, mode)
+                    (loss * num / den * ctx.world).backward()  # FSDP averages over ranks
                     stats.append(st)
                 gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.grad_clip)
                 gn = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)  # DTensor under FSDP2
