@@ -37,6 +37,13 @@ two)
   CUDA_VISIBLE_DEVICES=0 timeout 150 python3 benchmarks/vllm_engine.py ours --engine vllm --model $model --steps 5 \
     --ppo-epochs 1 --work /tmp/w-e1 --out "$out/vllm-epoch1.json" > "$out/vllm-epoch1.log" 2>&1; echo "epoch1 rc=$?"
   tail -n 4 "$out"/*.log ;;
+gen)  # bare vLLM and our engine (default params) in one call, for the generation ratio
+  out=$2; mkdir -p "$out"; cd "$repo"
+  CUDA_VISIBLE_DEVICES=0 timeout 150 python3 benchmarks/vllm_engine.py bare --model $model --out "$out/bare.json" \
+    > "$out/bare.log" 2>&1; echo "bare rc=$?"
+  CUDA_VISIBLE_DEVICES=0 timeout 200 python3 benchmarks/vllm_engine.py ours --engine vllm --model $model --steps 4 \
+    --ppo-epochs 1 --work /tmp/w-g --out "$out/vllm.json" > "$out/vllm.log" 2>&1; echo "ours rc=$?"
+  grep -h "^step" "$out/vllm.log" ;;
 more)  # the unseeded path against bare vLLM, and the evaluate stage through vLLM from a saved model folder
   out=$2; mkdir -p "$out"; cd "$repo"
   CUDA_VISIBLE_DEVICES=0 timeout 150 python3 benchmarks/vllm_engine.py bare --model $model --out "$out/bare.json" \

@@ -12,7 +12,8 @@ from grpolab.demo import DEMO_OVERRIDES
 from grpolab.rollout import (HFEngine, Rollout, Sampling, engine_errors, logprob_gap, make_engine,
                              padded_logprobs, response_seed)
 from grpolab.rollout_vllm import (Completion, VLLMEngine, WeightSyncError, buckets, compare_checksums,
-                                  engine_view, request_plan, sampling_kwargs, tensor_checksum, to_rollout)
+                                  engine_view, logprob_rows, request_plan, sampling_kwargs, tensor_checksum,
+                                  to_rollout)
 
 QWEN3_06B = {"model_type": "qwen3", "hidden_size": 1024, "num_hidden_layers": 28, "num_attention_heads": 16,
              "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 3072, "vocab_size": 151936,
@@ -97,8 +98,19 @@ def test_completions_become_a_group_contiguous_rollout():
     r = to_rollout(prompts, plan, comps)
     assert r.prompt_ids == [[1, 2], [1, 2], [3], [3]] and r.group_index.tolist() == [0, 0, 1, 1]
     assert r.response_ids == [[7, 8], [9], [4, 4, 4], [2]] and r.truncated.tolist() == [False, False, True, False]
-    lp = padded_logprobs(r, 3, "cpu")
+    lp, rows = padded_logprobs(r, 3, "cpu")
     assert torch.equal(lp, torch.tensor([[-0.1, -0.2, 0], [-0.3, 0, 0], [-1, -1, -1], [-0.5, 0, 0]]))
+    assert rows.all()
+    # log-probs asked for the first response of each prompt only (rollout.logprobs: sample)
+    assert logprob_rows(plan, 2, every=False) == [True, False, True, False]
+    assert logprob_rows(plan, 2, every=True) == [True] * 4
+    assert sampling_kwargs(Sampling(2, 1.0, 1.0, 4), 1, None, logprobs=False)["logprobs"] is None
+    sampled = to_rollout(prompts, plan, [Completion(c.token_ids, c.logprobs if i % 2 == 0 else None,
+                                                    c.finished_by_length) for i, c in enumerate(comps)])
+    lp, rows = padded_logprobs(sampled, 3, "cpu")
+    assert rows.tolist() == [True, False, True, False] and lp[1].abs().sum() == 0
+    none = to_rollout(prompts, plan, [Completion(c.token_ids, None, False) for c in comps])
+    assert padded_logprobs(none, 3, "cpu") is None
     with pytest.raises(RuntimeError, match="3 completions for 4 requests"):
         to_rollout(prompts, plan, comps[:3])
     with pytest.raises(RuntimeError, match="1 log-probs for 2 tokens"):

@@ -68,6 +68,9 @@ class RolloutCfg(_Strict):
     # one seed per response (from seed, step, prompt index): rollouts independent of world size and
     # batching; false lets vLLM batch-sample from its engine seed (faster, not world-size independent)
     seed_responses: bool = True
+    # vllm: responses whose sampling log-probs are returned for rollout/logprob_diff_*: `sample` = the
+    # first of each prompt (cheaper), `all` = every response (always so with tis_imp_ratio_cap)
+    logprobs: Literal["sample", "all"] = "sample"
     # hf engine: prompts per generate call. Each response is sampled from its own seed (from seed,
     # step, prompt index), so rollouts depend neither on this nor on the world size
     hf_prompts_per_call: int = Field(1, gt=0)

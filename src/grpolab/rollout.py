@@ -43,9 +43,10 @@ class Rollout:
     response_ids: list[list[int]]  # sampled tokens, EOS included when it was sampled
     group_index: torch.Tensor  # (N,) which prompt each response answers
     truncated: torch.Tensor  # (N,) bool: hit max_new_tokens without EOS
-    # log-prob of each sampled token under the engine's own weights at the sampling temperature, when
-    # the engine reports it (vllm); compared with the trainer's recomputation (rollout/logprob_diff_*)
-    logprobs: list[list[float]] | None = None
+    # log-prob of each sampled token under the engine's own weights at the sampling temperature, for
+    # the rows the engine reports them for (vllm; None for the others); compared with the trainer's
+    # recomputation (rollout/logprob_diff_*) and used by tis_imp_ratio_cap
+    logprobs: list[list[float] | None] | None = None
 
 
 class Engine(Protocol):
@@ -255,11 +256,15 @@ def logprob_gap(trainer_logp: torch.Tensor, engine_logp: torch.Tensor, mask: tor
     return {"rollout/logprob_diff_mean": d.mean().item(), "rollout/logprob_diff_max": d.max().item()}
 
 
-def padded_logprobs(rollout: Rollout, width: int, device) -> torch.Tensor | None:
-    """The engine's per-token log-probs as an (N, width) tensor (0 past each response), or None."""
-    if rollout.logprobs is None:
+def padded_logprobs(rollout: Rollout, width: int, device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The engine's per-token log-probs as an (N, width) tensor (0 past each response and in rows
+    without them) and an (N,) bool of the rows that have them; None when the engine reports none."""
+    if rollout.logprobs is None or all(lp is None for lp in rollout.logprobs):
         return None
     out = torch.zeros(len(rollout.logprobs), width, dtype=torch.float32)
+    rows = torch.zeros(len(rollout.logprobs), dtype=torch.bool)
     for i, lp in enumerate(rollout.logprobs):
-        out[i, :len(lp)] = torch.tensor(lp[:width], dtype=torch.float32)
-    return out.to(device)
+        if lp is not None:
+            out[i, :len(lp)] = torch.tensor(lp[:width], dtype=torch.float32)
+            rows[i] = True
+    return out.to(device), rows.to(device)

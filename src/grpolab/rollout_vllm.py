@@ -25,7 +25,9 @@ stops naming the tensor (`WeightSyncError`); and the trainer logs `rollout/logpr
 the gap between the log-probs vLLM sampled with and its own.
 
 Log-probs come back with `logprobs_mode="processed_logprobs"`: after temperature (and top-p), which is
-what the trainer recomputes. The checksum check covers tensor_parallel_size 1; with larger TP only
+what the trainer recomputes. They are asked for the first response of each prompt (`rollout.logprobs:
+sample`; vLLM builds a Python object per returned token, which cost up to ~30% of its generation rate on
+H100 when asked for every response), or for every response (`all`, and always with tis_imp_ratio_cap). The checksum check covers tensor_parallel_size 1; with larger TP only
 the log-prob gap guards the push.
 """
 from __future__ import annotations
@@ -125,8 +127,15 @@ def request_plan(prompt_ids: list[list[int]], n: int, seeds: list[int] | None) -
 class Completion:
     """What the engine returned for one request (vLLM's CompletionOutput, reduced)."""
     token_ids: list[int]
-    logprobs: list[float]
+    logprobs: list[float] | None  # None: not asked for this request
     finished_by_length: bool
+
+
+def logprob_rows(plan: list[tuple[int, int | None]], n: int, every: bool) -> list[bool]:
+    """Which requests ask vLLM for sampling log-probs: all of them, or the first response of each
+    prompt. Returning log-probs costs vLLM a Python object per token, so the monitor
+    (rollout/logprob_diff_*) samples one response per prompt unless TIS needs them all."""
+    return [every or i % n == 0 for i in range(len(plan))]
 
 
 def to_rollout(prompt_ids: list[list[int]], plan: list[tuple[int, int | None]],
@@ -135,7 +144,7 @@ def to_rollout(prompt_ids: list[list[int]], plan: list[tuple[int, int | None]],
     if len(completions) != len(plan):
         raise RuntimeError(f"vLLM returned {len(completions)} completions for {len(plan)} requests")
     for c in completions:
-        if len(c.logprobs) != len(c.token_ids):
+        if c.logprobs is not None and len(c.logprobs) != len(c.token_ids):
             raise RuntimeError(f"vLLM returned {len(c.logprobs)} log-probs for {len(c.token_ids)} tokens")
     groups = [g for g, _ in plan]
     return Rollout([prompt_ids[g] for g in groups], [c.token_ids for c in completions],
@@ -144,12 +153,13 @@ def to_rollout(prompt_ids: list[list[int]], plan: list[tuple[int, int | None]],
                    logprobs=[c.logprobs for c in completions])
 
 
-def sampling_kwargs(sampling: Sampling, seed: int | None, eos_id: int | None) -> dict:
+def sampling_kwargs(sampling: Sampling, seed: int | None, eos_id: int | None, logprobs: bool = True) -> dict:
     """vLLM SamplingParams for one response: the params' temperature/top_p/length, top_k off, the
     sampled token's log-prob returned, generation stopped at the tokenizer's EOS (vLLM is started
     without a tokenizer: token ids in, token ids out)."""
     kw = dict(n=1, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
-              max_tokens=sampling.max_new_tokens, logprobs=0, seed=seed, detokenize=False)
+              max_tokens=sampling.max_new_tokens, logprobs=0 if logprobs else None, seed=seed,
+              detokenize=False)
     if eos_id is not None:
         kw["stop_token_ids"] = [eos_id]
     return kw
@@ -244,11 +254,13 @@ class VLLMEngine:
             params = SamplingParams(**{**sampling_kwargs(sampling, None, self.eos), "n": sampling.n})
         else:  # one request per response, each with its own seeded generator
             prompts = [{"prompt_token_ids": prompt_ids[g]} for g, _ in plan]
-            params = [SamplingParams(**sampling_kwargs(sampling, s, self.eos)) for _, s in plan]
+            ask = logprob_rows(plan, sampling.n, self.p.rollout.logprobs == "all" or bool(self.p.tis_imp_ratio_cap))
+            params = [SamplingParams(**sampling_kwargs(sampling, s, self.eos, a)) for (_, s), a in zip(plan, ask)]
         t0 = time.perf_counter()
         outs = self.llm.generate(prompts, params, use_tqdm=False)
         self.timings["generate_s"] = time.perf_counter() - t0
-        comps = [Completion(list(c.token_ids), [step[t].logprob for t, step in zip(c.token_ids, c.logprobs)],
+        comps = [Completion(list(c.token_ids), None if c.logprobs is None else
+                            [step[t].logprob for t, step in zip(c.token_ids, c.logprobs)],
                             c.finish_reason == "length") for o in outs for c in o.outputs]
         return to_rollout(prompt_ids, plan, comps)
 

@@ -253,11 +253,15 @@ class Trainer:
         if self.ref is not None:
             ref_logp = logp_all(self.ref, batch, p.temperature, micro, chunk)
             t = lap("ref", t)
-        engine_logp = padded_logprobs(rollout, old_logp.shape[1], self.device)  # (N, R) or None
+        engine = padded_logprobs(rollout, old_logp.shape[1], self.device)  # ((N, R), (N,)) or None
         tis = None
-        if engine_logp is not None:
-            metrics.update(logprob_gap(old_logp, engine_logp, batch["attention_mask"][:, batch["P"]:]))
+        if engine is not None:
+            engine_logp, rows = engine
+            resp = batch["attention_mask"][:, batch["P"]:] * rows.unsqueeze(-1)
+            metrics.update(logprob_gap(old_logp, engine_logp, resp))
             if p.tis_imp_ratio_cap:
+                if not bool(rows.all()):
+                    raise RuntimeError("tis_imp_ratio_cap needs the engine's log-probs of every response")
                 tis = algo.tis_weights(old_logp, engine_logp, p.tis_imp_ratio_cap)  # (N, R)
         # 5. ppo_epochs x mini-batches of updates
         self.model.train()
