@@ -4,6 +4,9 @@ from __future__ import annotations
 import io
 import json
 import multiprocessing
+import os
+import signal
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
@@ -76,6 +79,15 @@ def test_extract_is_linear_on_big_inputs():
     for text, expected in cases:
         assert extract_answer(text) == expected
     assert time.perf_counter() - t0 < 1.0
+
+
+def test_extract_of_deeply_nested_boxes_is_bounded():
+    # \boxed{ nested 4,000 deep took 22 s (each layer re-scanned); 100,000 deep never returned
+    for depth, limit in ((4000, 0.5), (100_000, 5.0)):
+        t0 = time.perf_counter()
+        assert extract_answer("\\boxed{" * depth + "7" + "}" * depth) == ("7", "ok")
+        assert extract_answer("\\boxed{" * depth + "a} b" + "}" * (depth - 1)) == ("\\boxed{a} b", "ok")
+        assert time.perf_counter() - t0 < limit, depth
 
 
 # ------------------------------------------------------------------------------------------------
@@ -263,6 +275,48 @@ def test_timeout_is_enforced_and_workers_recover(backend):
             RewardResult(1.0, "correct"), RewardResult(0.0, "wrong")]
 
 
+def _worker_pids(scorer) -> list[int]:
+    workers = scorer._backend._pool._pool_manager.worker_manager.workers  # pebble keeps no public list
+    return [w.pid for w in list(workers.values()) if w.pid]
+
+
+def _kill(pids) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_pool_survives_its_workers_being_killed():
+    """Workers killed mid-batch (their tasks are retried) and while idle (pebble then marks the whole
+    pool broken: "Unexpected error within the Pool", which ended a training run): same results."""
+    pairs = [(f"\\boxed{{\\frac{{{k}}}{{{k + 1 + k % 2}}}}}", f"\\frac{{{2 * k}}}{{{2 * k + 2}}}") for k in range(1, 61)]
+    expected = [RewardResult(1.0, "correct") if k % 2 == 0 else RewardResult(0.0, "wrong") for k in range(1, 61)]
+    with RewardScorer(num_workers=2, timeout_s=20.0, backend="pebble") as s:
+        assert s.score(["\\boxed{1/2}"], ["0.5"])[0].reason == "correct"  # workers up
+        killed = []
+
+        def killer():
+            for _ in range(2):  # twice during the batch, each time every worker
+                time.sleep(0.4)
+                pids = _worker_pids(s)
+                killed.extend(pids)
+                _kill(pids)
+
+        t = threading.Thread(target=killer)
+        t.start()
+        assert s.score(*zip(*pairs)) == expected
+        t.join()
+        assert len(killed) >= 2
+        idle = _worker_pids(s)
+        _kill(idle)  # idle workers killed: pebble marks the pool broken
+        time.sleep(1.0)
+        assert s.score(["\\boxed{2\\sqrt{2}}", "\\boxed{3}"], ["\\sqrt{8}", "4"]) == [
+            RewardResult(1.0, "correct"), RewardResult(0.0, "wrong")]
+        assert not set(idle) & set(_worker_pids(s))
+
+
 def test_closed_scorer_refuses():
     s = RewardScorer(num_workers=1)
     s.close()
@@ -313,6 +367,20 @@ def test_score_file(tmp_path):
     out = io.StringIO()
     assert score_file(good, out, workers=1, err=io.StringIO()) == 0
     assert json.loads(out.getvalue())["reason"] == "correct"
+
+
+def test_score_file_survives_hostile_rows(tmp_path):
+    src = tmp_path / "hostile.jsonl"
+    deep_box = "\\boxed{" * 100_000 + "3" + "}" * 100_000
+    src.write_text("\n".join([json.dumps({"response": "\\boxed{2}", "ground_truth": "2"}), "[" * 100_000,
+                               json.dumps({"response": deep_box, "ground_truth": "3"})]) + "\n")
+    out, err = io.StringIO(), io.StringIO()
+    t0 = time.perf_counter()
+    assert score_file(src, out, workers=1, err=err) == 1
+    assert time.perf_counter() - t0 < 30
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [r["reason"] for r in rows] == ["correct", "bad_row: invalid JSON (nested too deeply)", "correct"]
+    assert f"{src}:2: bad row: invalid JSON (nested too deeply)" in err.getvalue()
 
 
 def test_score_command_prints_only_json(tmp_path):

@@ -6,8 +6,8 @@ Pipeline for one (response, ground truth) pair::
 
 * :func:`extract_answer` looks only at the text after the last ``</think>`` (when there is one) and
   returns the content of the last top-level ``\\boxed{...}`` / ``\\boxed {...}`` / ``\\fbox{...}``.
-  It is a linear scanner, so 100k-character responses or thousands of nested braces cost
-  milliseconds.
+  It is linear in the response length, boxes nested in boxes included (``\\boxed{`` 100,000 deep:
+  under a second), so it needs no time bound of its own.
 * Everything that can be decided without sympy is decided in the calling process: missing, empty or
   unbalanced boxes, answers longer than ``max_answer_chars`` (``too_long``), and answers that are
   literally the ground truth (``correct``).
@@ -40,12 +40,15 @@ Worker back-ends (``RewardScorer(backend=...)``):
 
 Worker processes also get an address-space cap (``max_worker_memory_mb`` above what they use after
 start-up; Linux only) so that a pathological answer cannot eat the machine's memory: hitting it
-ends the task as ``parse_error`` (the worker is replaced). Worker stdout is redirected to stderr, so
+ends the task as ``parse_error`` (the worker is replaced). A task whose worker dies under it is
+retried once; a pool that breaks as a whole (pebble: "Unexpected error within the Pool", e.g. its
+idle workers killed on a loaded machine) is rebuilt and the batch retried, with one warning line. Worker stdout is redirected to stderr, so
 nothing a library prints can corrupt a caller's JSON on stdout.
 """
 from __future__ import annotations
 
 import concurrent.futures
+from concurrent.futures.process import BrokenProcessPool
 import json
 import logging
 import math
@@ -172,16 +175,53 @@ def extract_answer(response: str) -> tuple[str | None, str]:
     status, _, start, end = _scan_last_box(text)
     if status != "ok":
         return None, status
-    content = text[start:end].strip()
-    # \boxed{\boxed{x}} -> x
-    while content.startswith(("\\boxed", "\\fbox")):
-        st, cmd, s2, e2 = _scan_last_box(content)
-        if st != "ok" or cmd != 0 or e2 != len(content) - 1:
-            break
-        content = content[s2:e2].strip()
-    if not content:
+    start, end = _unwrap(text, start, end)  # \boxed{\boxed{x}} -> x
+    if start >= end:
         return None, "empty_box"
-    return content, "ok"
+    return text[start:end], "ok"
+
+
+def _strip(text: str, s: int, e: int) -> tuple[int, int]:
+    while s < e and text[s].isspace():
+        s += 1
+    while e > s and text[e - 1].isspace():
+        e -= 1
+    return s, e
+
+
+def _unwrap(text: str, s: int, e: int) -> tuple[int, int]:
+    """Bounds of ``text[s:e]`` stripped, with every box whose whole content is another box unwrapped.
+
+    Linear in ``e - s`` however deep the nesting: each ``{``'s matching ``}`` is found in one pass
+    (escapes as in :func:`_scan_last_box`), then layers are peeled by index, never by re-scanning."""
+    s, e = _strip(text, s, e)
+    if not text.startswith(("\\boxed", "\\fbox"), s, e):
+        return s, e
+    close: dict[int, int] = {}
+    stack: list[int] = []
+    pos = s
+    search = _SPECIAL.search
+    while (m := search(text, pos, e)) is not None:
+        i = m.start()
+        c = text[i]
+        if c == "\\":
+            pos = i + 2
+            continue
+        if c == "{":
+            stack.append(i)
+        elif stack:
+            close[stack.pop()] = i
+        pos = i + 1
+    while True:
+        name_end = next((s + 1 + len(n) for n in _BOX_COMMANDS if text.startswith("\\" + n, s, e)), -1)
+        if name_end < 0 or (name_end < e and text[name_end].isalpha()):
+            return s, e
+        k = name_end
+        while k < e and text[k] in _SPACE:
+            k += 1
+        if k >= e or text[k] != "{" or close.get(k) != e - 1:
+            return s, e
+        s, e = _strip(text, k + 1, e - 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,6 +308,12 @@ def _subprocess_worker_main(max_memory_mb: int | None = None) -> None:
 # back-ends: run a list of (pred, gold) tasks, each within timeout_s, return [(score, reason)]
 # ----------------------------------------------------------------------------------------------
 _STARTUP_S = 120.0  # allowance for (re)starting a worker: never counted against a task's timeout
+_EXPIRED = (0.0, "expired")  # a task whose worker process died under it: retried once, then parse_error
+_POOL_RETRIES = 3  # a batch is retried on a fresh pool this many times before scoring gives up
+
+
+class _PoolBroken(RuntimeError):
+    """The worker pool stopped working as a whole (not one task): rebuild it and retry the batch."""
 
 
 class _PebbleBackend:
@@ -286,9 +332,15 @@ class _PebbleBackend:
         self.broken = False
 
     def run(self, tasks: Sequence[tuple[str, str]]) -> list[tuple[float, str]]:
+        """Results in order; a task whose worker died gets :data:`_EXPIRED` (the caller retries it).
+        Raises :class:`_PoolBroken` when the pool itself stopped working (the caller rebuilds it)."""
         from pebble import ProcessExpired
 
-        futures = [self._pool.schedule(_verify_task, args=t, timeout=self.timeout_s) for t in tasks]
+        try:
+            futures = [self._pool.schedule(_verify_task, args=t, timeout=self.timeout_s) for t in tasks]
+        except RuntimeError as exc:  # "Unexpected error within the Pool": its manager gave up
+            self.broken = True
+            raise _PoolBroken(str(exc)) from None
         # Safety net only: pebble enforces the per-task timeout. If the pool itself stops making
         # progress (workers that cannot start), give up after a bound that real work never hits.
         rounds = math.ceil(len(tasks) / self.num_workers)
@@ -302,8 +354,11 @@ class _PebbleBackend:
                     fut.cancel()
                     self.broken = True
                 out.append((0.0, "timeout"))
-            except ProcessExpired:  # worker died: memory cap, segfault, ...
-                out.append((0.0, "parse_error"))
+            except ProcessExpired:  # worker died: memory cap, segfault, killed from outside, ...
+                out.append(_EXPIRED)
+            except (BrokenProcessPool, RuntimeError) as exc:  # every worker gone, or the pool's own threads
+                self.broken = True
+                raise _PoolBroken(f"{type(exc).__name__}: {exc}") from None
             except Exception:  # noqa: BLE001 - an exception inside math-verify / sympy
                 out.append((0.0, "parse_error"))
         return out
@@ -366,14 +421,14 @@ class _SubprocessWorker:
         try:
             self.proc.stdin.write(json.dumps(list(task)).encode() + b"\n")
             self.proc.stdin.flush()
-        except OSError:
+        except OSError:  # the child is gone
             self.kill()
-            return 0.0, "parse_error"
+            return _EXPIRED
         line = self._read_line(time.monotonic() + timeout_s)
         if line is None:
             timed_out = self.proc.poll() is None
             self.kill()
-            return (0.0, "timeout") if timed_out else (0.0, "parse_error")
+            return (0.0, "timeout") if timed_out else _EXPIRED
         score, reason = json.loads(line)
         return float(score), str(reason)
 
@@ -506,6 +561,27 @@ class RewardScorer:
             self._drop_backend()
             self._closed = True
 
+    def _run(self, tasks: list[tuple[str, str]]) -> list[tuple[float, str]]:
+        """Run tasks on the backend, surviving it: a broken pool is rebuilt and the batch retried;
+        tasks whose worker died under them are retried once (a second death scores ``parse_error``)."""
+        for attempt in range(_POOL_RETRIES + 1):
+            try:
+                out = self._get_backend().run(tasks)
+                redo = [i for i, r in enumerate(out) if r == _EXPIRED]
+                if redo:
+                    again = self._get_backend().run([tasks[i] for i in redo])
+                    for i, r in zip(redo, again):
+                        out[i] = (0.0, "parse_error") if r == _EXPIRED else r
+                return out
+            except _PoolBroken as exc:
+                self._drop_backend()
+                if attempt == _POOL_RETRIES:
+                    raise RuntimeError(f"reward worker pool broke {attempt + 1} times in a row ({exc}); "
+                                       f"is the machine out of memory or processes?") from None
+                print(f"[grpolab] warning: reward worker pool broke ({exc}); rebuilt, batch retried",
+                      file=sys.stderr)
+        raise AssertionError("unreachable")
+
     def __enter__(self) -> "RewardScorer":
         return self
 
@@ -540,7 +616,7 @@ class RewardScorer:
         if pending:
             tasks = list(pending)
             with self._lock:
-                outcomes = self._get_backend().run(tasks)
+                outcomes = self._run(tasks)
             for task, (score, reason) in zip(tasks, outcomes):
                 for i in pending[task]:
                     results[i] = RewardResult(score, reason)

@@ -38,6 +38,8 @@ def _parse_row(line: str) -> tuple[dict | None, dict | None, str | None]:
         row = json.loads(line)
     except json.JSONDecodeError as e:
         return {"raw": line.rstrip("\r\n")}, None, f"invalid JSON ({e.msg} at column {e.colno})"
+    except RecursionError:  # e.g. 100,000 nested "[": Python's parser gives up, the row is bad
+        return {"raw": line.rstrip("\r\n")}, None, "invalid JSON (nested too deeply)"
     if not isinstance(row, dict):
         return {"raw": line.rstrip("\r\n")}, None, f"expected a JSON object, got {type(row).__name__}"
     missing = [k for k in ("response", "ground_truth") if k not in row]
