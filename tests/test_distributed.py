@@ -63,6 +63,15 @@ def train(ws: Path, check=True) -> subprocess.CompletedProcess:
     return r
 
 
+def ckpt_root(ws: Path) -> Path:
+    """The run's checkpoint folder: results/checkpoints/<params fingerprint> (one run per workspace)."""
+    from grpolab import config
+    from grpolab.stages import params_fingerprint
+
+    fp = params_fingerprint(config.load(ws / "params.yaml"))
+    return ws / "results" / "checkpoints" / fp
+
+
 def summary(ws: Path) -> dict:
     return json.loads((ws / "results/train/summary.json").read_text())
 
@@ -98,7 +107,7 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, base):
     ws = workspace(tmp_path / "killed", base, trainer={"total_training_steps": 6, "save_freq": 1})
     proc = subprocess.Popen([sys.executable, str(ROOT / "pipelines" / "train.py")], cwd=ws, env=env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    ckpts = ws / "results/train/checkpoints"
+    ckpts = ckpt_root(ws)
     deadline = time.time() + 300
     while time.time() < deadline and not (ckpts / "global_step_3").exists():
         time.sleep(0.2)
@@ -127,7 +136,7 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, base):
 def test_broken_checkpoint_is_detected_and_previous_used(tmp_path, base):
     ws = workspace(tmp_path / "ws", base, trainer={"total_training_steps": 4, "save_freq": 2})
     train(ws)
-    root = ws / "results/train/checkpoints"
+    root = ckpt_root(ws)
     newest = checkpoint.list_checkpoints(root)[0]
     assert newest.name == "global_step_4" and checkpoint.verify(newest) is None
     shard = max((f for f in newest.iterdir() if f.suffix == ".distcp"), key=lambda f: f.stat().st_size)
@@ -136,12 +145,15 @@ def test_broken_checkpoint_is_detected_and_previous_used(tmp_path, base):
     seen = []
     assert checkpoint.find_valid(root, log=seen.append).name == "global_step_2"
     assert "global_step_4" in seen[0]
+    # a truncated state.json too (it used to be read, and crash, before the manifest check)
+    state = newest / "state.json"
+    state.write_text(state.read_text()[:40])
     # a longer run resumes from step 2, not from the broken step 4
     p = yaml.safe_load((ws / "params.yaml").read_text())
     p["trainer"]["total_training_steps"] = 5
     (ws / "params.yaml").write_text(yaml.safe_dump(p))
     r = train(ws)
-    assert "global_step_4 is broken" in r.stderr.replace("\n", " ")
+    assert "global_step_4 is broken" in r.stderr.replace("\n", " ") and "Traceback" not in r.stderr
     assert summary(ws)["resumed_from"] == 2
 
 

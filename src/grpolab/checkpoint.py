@@ -1,10 +1,18 @@
 """Checkpoints that survive a kill: sharded model + optimizer (torch.distributed.checkpoint), LR
 schedule, data position, every rank's RNG state, tracking run ids and the step.
 
-Layout under `<output_dir>/checkpoints/`:
+Layout under `home(output_dir, fingerprint)` = `<repo root>/<output_dir's parent>/checkpoints/<fingerprint>/`
+(by default `results/checkpoints/<fingerprint>/`):
 
     global_step_10/   __0_0.distcp ...  (DCP shards)   state.json   rng_rank{r}.pt   manifest.json
     latest            text file naming the newest complete checkpoint
+
+Why there and not inside `<output_dir>`: that folder is a DVC output, and `dvc exp run` restores it to
+the baseline's before training starts, so a killed experiment's own checkpoints were gone and the
+baseline's hid them. `results/checkpoints/` is no DVC output and is git-ignored (a `.gitignore` of its
+own), it sits in the repository root also for queued runs (found via `DVC_ROOT`), and one folder per
+params fingerprint means a run resumes only its own checkpoints and retention never deletes another
+run's.
 
 A checkpoint is written into `global_step_N.tmp/`, every file is hashed into `manifest.json` last,
 then the folder is renamed and `latest` replaced atomically: a kill during a save leaves the previous
@@ -38,6 +46,24 @@ def _sha256(path: Path) -> str:
 
 def step_of(path: Path) -> int:
     return int(path.name[len(PREFIX):])
+
+
+def home(output_dir: str | Path, fingerprint: str) -> Path:
+    """Where the checkpoints of the run with this params fingerprint live (see the module doc)."""
+    from .gitmeta import project_root
+
+    out = Path(output_dir)
+    base = out.parent if out.is_absolute() else project_root() / out.parent
+    return base / "checkpoints" / (fingerprint or "unfingerprinted")
+
+
+def _ignore_in_git(root: Path) -> None:
+    """`<...>/checkpoints/.gitignore` holding `*`: never committed by `git add` or `dvc exp run`."""
+    top = root.parent
+    gi = top / ".gitignore"
+    if not gi.exists():
+        top.mkdir(parents=True, exist_ok=True)
+        gi.write_text("*\n")
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -90,6 +116,7 @@ def save(root: Path, step: int, model, optimizer, state: dict, keep: int, rank: 
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+        _ignore_in_git(root)
     dist.barrier()
     msd, osd = get_state_dict(model, optimizer)
     dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp))
@@ -122,6 +149,18 @@ def find_valid(root: Path, log=print) -> Path | None:
 
 def read_state(ckpt: Path) -> dict:
     return json.loads((ckpt / "state.json").read_text())
+
+
+def peek_state(root: Path) -> tuple[Path | None, dict]:
+    """The newest checkpoint whose manifest and state.json read (a truncated one is skipped, as a
+    broken shard is by `find_valid`), without hashing its shards; (None, {}) when there is none."""
+    for ckpt in list_checkpoints(root):
+        try:
+            if (ckpt / "manifest.json").exists():
+                return ckpt, read_state(ckpt)
+        except (OSError, ValueError):  # JSONDecodeError is a ValueError
+            continue
+    return None, {}
 
 
 def load(ckpt: Path, model, optimizer, rank: int) -> dict:

@@ -106,7 +106,7 @@ class TrainerCfg(_Strict):
     log_samples: int = Field(2, ge=0)  # responses kept per step for eyeballing
     save_final: bool = True  # write the final model (HF format) to <output_dir>/final
     validate_at_end: bool = True  # score the validation set after the last step
-    max_ckpt_to_keep: int = Field(3, gt=0)  # checkpoints kept under <output_dir>/checkpoints
+    max_ckpt_to_keep: int = Field(3, gt=0)  # checkpoints kept per params fingerprint (grpolab.checkpoint.home)
     resume_mode: Literal["auto", "disable"] = "auto"  # auto: continue from the latest valid checkpoint
     export_hf: bool = False  # also write each kept checkpoint in Hugging Face format (<ckpt>/hf)
     param_offload: bool = False  # FSDP2 CPU offload of parameters, grads and optimizer state

@@ -302,7 +302,8 @@ def score_peaked(history: list[dict], p: dict, t: Thresholds) -> Optional[Findin
     ckpt = ""
     if save:
         k = max(save, round(best_step / save) * save)
-        ckpt = f"; nearest checkpoint `{p.get('trainer.output_dir', 'results/train')}/checkpoints/global_step_{k}`"
+        parent = str(p.get('trainer.output_dir', 'results/train')).rstrip('/').rpartition('/')[0] or '.'
+        ckpt = f"; nearest checkpoint `{parent}/checkpoints/<params fingerprint>/global_step_{k}`"
     return Finding(
         "score peaked then fell", f"{metric} peaked at {best:.3f} at step {best_step}, now {last:.3f} "
         f"at step {last_step} ({drop / best if best else 0:.0%} lower){ckpt}",

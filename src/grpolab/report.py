@@ -217,6 +217,21 @@ def preflight_vs_measured(p: Params, smoke: dict, train: dict) -> dict:
     return out
 
 
+def _unrecorded_rows(p: Params, train: dict) -> list[list[str]]:
+    """A Fail row for each enabled tracker that did not record the train run (issue 12)."""
+    if not train:
+        return []
+    tr, reached = train.get("tracking", {}), train.get("reached", {})
+    rows = []
+    if p.tracking.mlflow and not (tr.get("mlflow_run_id") and "mlflow" in reached):
+        why = (f"run `{tr['mlflow_run_id']}` kept steps it could not send (see `mlflow-pending-*.jsonl`)"
+               if tr.get("mlflow_run_id") else "no MLflow run recorded this training")
+        rows.append(["MLflow logging", why, "Fail - see the train stage's warnings"])
+    if p.tracking.wandb and not tr.get("wandb_run_id"):
+        rows.append(["W&B logging", "no W&B run recorded this training", "Fail - see the train stage's warnings"])
+    return rows
+
+
 def _memory_row(name: str, m: dict) -> list:
     est, meas, dev = m["estimate"], m["measured_gb"], m["device_gb"]
     alloc = est["allocated_gb"]
@@ -283,12 +298,13 @@ def validation_rows(p: Params, c: Context) -> list[list]:
         if name in c.preflight:
             rows.append(_memory_row(name, c.preflight[name]))
     tr = train.get("tracking", {})
-    if tr.get("mlflow_run_id"):
+    if tr.get("mlflow_run_id") and "mlflow" in train.get("reached", {}):
         rows.append(["MLflow logging", f"run `{tr['mlflow_run_id']}` in `{tr['mlflow_uri']}` "
                      f"(open: `mlflow ui --backend-store-uri {tr['mlflow_uri']}`)", "Pass - metrics logged"])
     if tr.get("wandb_run_id"):
         rows.append(["W&B logging", f"run `{tr['wandb_run_id']}` ({train['reached'].get('wandb', '')})",
                      "Pass - metrics logged"])
+    rows += _unrecorded_rows(p, train)
     done, total = train.get("steps_done", 0), train.get("total_steps", 0)
     rows.append(["Training progress", f"{done}/{total} steps", "Pass" if total and done == total else "Fail"])
     g = _grad_row(p, c)

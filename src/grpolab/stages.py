@@ -83,6 +83,13 @@ def params_fingerprint(p: Params) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def checkpoint_home(p: Params) -> Path:
+    """This run's checkpoint folder: one per params fingerprint, outside DVC's outputs."""
+    from .checkpoint import home
+
+    return home(p.trainer.output_dir, params_fingerprint(p))
+
+
 def run_training(p: Params, stage: str, dvclive: bool) -> dict:
     """Train on this rank with tracking on rank 0; returns the summary (rank 0) or {}."""
     from .trainer import Trainer
@@ -93,9 +100,11 @@ def run_training(p: Params, stage: str, dvclive: bool) -> dict:
     tracker = None
     if trainer.ctx.main:
         if resumed:
-            console.print(f"[bold]resuming[/] from step {resumed} ({p.trainer.output_dir}/checkpoints)")
+            console.print(f"[bold]resuming[/] from step {resumed} ({checkpoint_home(p)})")
         tracker = Tracker(p, stage=stage, dvclive=dvclive,
                           resume=trainer.tracking_ids if resumed else None)
+        if resumed:
+            tracker.replay(trainer.history)  # steps 1..resumed, to the records that lack them
         trainer.tracking_ids = tracker.ids()
         trainer.log_fn = tracker.log
     trainer.fingerprint = fp
@@ -175,7 +184,7 @@ def smoke(p: Params) -> None:
     console.print(f"[bold]smoke[/]: {sp.trainer.total_training_steps} steps, {sp.train_prompt_bsz} prompts "
                   f"x {sp.n_resp_per_prompt}, response <= {sp.max_response_length} tokens, "
                   f"{sp.world_size} rank(s)")
-    shutil.rmtree(Path(sp.trainer.output_dir) / "checkpoints", ignore_errors=True)
+    shutil.rmtree(checkpoint_home(sp), ignore_errors=True)
     (Path(sp.trainer.output_dir) / "summary.json").unlink(missing_ok=True)
     launch.run(sp, "smoke", smoke_body)
     checks = json.loads((Path(sp.trainer.output_dir) / "summary.json").read_text())["checks"]
@@ -206,13 +215,12 @@ def train(p: Params) -> None:
 
     check_engine(p)
     if p.trainer.resume_mode == "auto":  # refuse a changed world size before anything loads
-        found = checkpoint.list_checkpoints(Path(p.trainer.output_dir) / "checkpoints")
-        state = checkpoint.read_state(found[0]) if found and (found[0] / "state.json").exists() else {}
+        found, state = checkpoint.peek_state(checkpoint_home(p))
         if state.get("fingerprint") == params_fingerprint(p) and state.get("world_size") != p.world_size:
             raise StageFailed(
-                f"checkpoint {found[0]} was written by {state['world_size']} ranks, this run has "
+                f"checkpoint {found} was written by {state['world_size']} ranks, this run has "
                 f"{p.world_size}: set n_gpus_per_node/nnodes back to resume, or start over with "
-                f"`-S trainer.resume_mode=disable` (or delete {found[0].parent})")
+                f"`-S trainer.resume_mode=disable` (or delete {found.parent})")
     launch.run(p, "train", train_body)
 
 

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import gitmeta
+from . import gitmeta, mlflow_runs
 from .config import Params, flatten_params
 
 
@@ -66,10 +66,10 @@ class Tracker:
     def _open_dvclive(self) -> None:
         from dvclive import Live
 
+        # Always written afresh: a resumed run replays its checkpoint's history (`replay`), because
+        # what is on disk may be another run's (`dvc exp run` restores the baseline's dvclive/).
         d = Path(self.p.tracking.dvclive_dir)
-        if self.resume and (d / "metrics.json").exists():
-            self.done["dvclive"] = int(json.loads((d / "metrics.json").read_text()).get("step", 0))
-        self.live = Live(str(d), save_dvc_exp=False, dvcyaml=False, resume=bool(self.resume))
+        self.live = Live(str(d), save_dvc_exp=False, dvcyaml=False, resume=False)
         self.live.log_params(self.params)
         self.reached["dvclive"] = self.p.tracking.dvclive_dir
 
@@ -79,18 +79,27 @@ class Tracker:
 
             uri = mlflow_uri(self.p, self.root)
             mlflow.set_tracking_uri(uri)
-            mlflow.set_experiment(self.p.project_name)
-            self.mlflow_client = mlflow.tracking.MlflowClient()  # one client for the run's lifetime
+            exp = mlflow.set_experiment(self.p.project_name)
+            self.mlflow_client = client = mlflow.tracking.MlflowClient()  # one for the run's lifetime
+            mlflow_runs.mark_dead_runs(client, exp.experiment_id, warn)
+            params = {k: str(v)[:6000] for k, v in self.params.items()}
             run_id = self.resume.get("mlflow_run_id")
-            if run_id:
+            why = mlflow_runs.why_not_continue(client, run_id, params) if run_id else "fresh"
+            if why is None:  # continue it: only the steps it lacks are logged
                 self.mlflow_run = mlflow.start_run(run_id=run_id)
-                hist = self.mlflow_client.get_metric_history(run_id, "critic/score/mean")
-                self.done["mlflow"] = max((m.step for m in hist), default=0)
+                mlflow.set_tags(mlflow_runs.process_tags())
+                self.done["mlflow"] = mlflow_runs.last_step(client, run_id)
+                have = client.get_run(run_id).data.params
+                params = {k: v for k, v in params.items() if k not in have}
             else:
-                self.mlflow_run = mlflow.start_run(run_name=self.run_name, tags=self.tags)
-            items = list(self.params.items())
+                tags = {**self.tags, **mlflow_runs.process_tags()}
+                if run_id:  # never reopen it: a new run, linked, gets the whole history replayed
+                    warn(f"MLflow: {why}; recording in a new run linked to it (tag mlflow.parentRunId)")
+                    tags.update({"mlflow.parentRunId": run_id, "grpolab.resumed_from_run": run_id})
+                self.mlflow_run = mlflow.start_run(run_name=self.run_name, tags=tags)
+            items = list(params.items())
             for i in range(0, len(items), 90):
-                mlflow.log_params({k: str(v)[:6000] for k, v in items[i:i + 90]})
+                mlflow.log_params(dict(items[i:i + 90]))
             self.reached["mlflow"] = f"{uri} run {self.mlflow_run.info.run_id}"
         except Exception as exc:
             warn(f"MLflow not recording ({type(exc).__name__}: {exc})")
@@ -136,6 +145,17 @@ class Tracker:
             self._flush_mlflow()
         if self.wandb_run is not None and step > self.done["wandb"]:
             self.wandb_run.log(metrics, step=step)
+
+    def replay(self, history: list[dict]) -> None:
+        """A resumed run's steps 1..k (from its checkpoint) to dvclive and MLflow, each step once:
+        dvclive is rewritten whole, MLflow gets the steps its run lacks. Not to W&B, which resumes
+        its own run by id."""
+        wandb_run, self.wandb_run = self.wandb_run, None
+        try:
+            for step, metrics in enumerate(history, 1):
+                self.log(metrics, step)
+        finally:
+            self.wandb_run = wandb_run
 
     def _flush_mlflow(self) -> bool:
         """Send every buffered step, oldest first. An unreachable server keeps them buffered (and
@@ -194,6 +214,7 @@ class Tracker:
                     for metrics, step in self.pending:
                         f.write(json.dumps({"step": step, "metrics": metrics}) + "\n")
                 warn(f"MLflow still unreachable: {len(self.pending)} step(s) saved to {path}")
+                self.reached.pop("mlflow", None)  # the report fails its tracking row
             try:
                 mlflow.end_run(status="FINISHED" if ok else "FAILED")
             except Exception as exc:

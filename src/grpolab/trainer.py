@@ -350,7 +350,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         p = self.p
-        root = Path(p.trainer.output_dir) / "checkpoints"
+        root = checkpoint.home(p.trainer.output_dir, self.fingerprint)
         state = {"sampler_pos": self.sampler.pos, "scheduler": self.sched.state_dict(),
                  "fingerprint": self.fingerprint,
                  "world_size": self.ctx.world, "tracking": self.tracking_ids, "history": self.history}
@@ -367,7 +367,7 @@ class Trainer:
         self.fingerprint = fingerprint
         if self.p.trainer.resume_mode != "auto":
             return 0
-        root = Path(self.p.trainer.output_dir) / "checkpoints"
+        root = checkpoint.home(self.p.trainer.output_dir, fingerprint)
         found = checkpoint.find_valid(root, log=self.warn) if self.ctx.main else None
         found = dist.broadcast_object(str(found) if found else "")
         if not found:
