@@ -1,0 +1,87 @@
+"""MLflow records that never get lost (issue 12), in a real SQLite store: a killed run is marked
+KILLED with its last step at the next start (a live one is left alone); a finished run is never
+reopened: its continuation is a new run linked by `mlflow.parentRunId` holding every step once."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from grpolab import config
+from grpolab.tracking import Tracker
+
+CHILD = """
+import sys, time
+from grpolab import config
+from grpolab.tracking import Tracker
+p = config.validate({"n_gpus_per_node": 1, "tracking": {"wandb": False}})
+tr = Tracker(p, stage="train", root=__import__("pathlib").Path(sys.argv[1]), dvclive=False)
+for step in (1, 2, 3):
+    tr.log({"critic/score/mean": step / 10}, step)
+print(tr.ids()["mlflow_run_id"], flush=True)
+time.sleep(300)
+"""
+
+
+def _params(**over) -> config.Params:
+    return config.validate({"n_gpus_per_node": 1, "tracking": {"wandb": False}, **over})
+
+
+def _child(root: Path) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(root)], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    return proc, proc.stdout.readline().strip()
+
+
+def test_killed_run_is_marked_killed_at_the_next_start(tmp_path, capfd):
+    dead, dead_id = _child(tmp_path)
+    live, live_id = _child(tmp_path)
+    try:
+        os.kill(dead.pid, signal.SIGKILL)
+        dead.wait()
+        con = sqlite3.connect(tmp_path / "mlflow.db")
+        status = dict(con.execute("select run_uuid, status from runs"))
+        assert status[dead_id] == status[live_id] == "RUNNING"
+        tr = Tracker(_params(), stage="train", root=tmp_path, dvclive=False)  # the next start
+        tr.close()
+        status = dict(con.execute("select run_uuid, status from runs"))
+        assert status[dead_id] == "KILLED" and status[live_id] == "RUNNING"
+        tags = dict(con.execute("select key, value from tags where run_uuid=?", (dead_id,)))
+        assert tags["grpolab.last_step"] == "3"
+        assert f"{dead_id}" in capfd.readouterr().err
+    finally:
+        os.kill(live.pid, signal.SIGKILL)
+        live.wait()
+
+
+def test_finished_run_is_never_reopened(tmp_path, capfd):
+    history = [{"critic/score/mean": s / 10} for s in range(1, 5)]
+    first = Tracker(_params(), stage="train", root=tmp_path, dvclive=False)
+    for step, m in enumerate(history, 1):
+        first.log(m, step)
+    first.close(ok=True)
+    old = first.ids()["mlflow_run_id"]
+    # extended from 4 to 8 steps, resumed from the step-4 checkpoint that names the finished run
+    longer = _params(trainer={"total_training_steps": 8})
+    tr = Tracker(longer, stage="train", root=tmp_path, dvclive=False, resume=first.ids())
+    tr.replay(history)
+    for step in range(5, 9):
+        tr.log({"critic/score/mean": step / 10}, step)
+    tr.close(ok=True)
+    new = tr.ids()["mlflow_run_id"]
+    assert new != old and "is FINISHED" in capfd.readouterr().err
+    con = sqlite3.connect(tmp_path / "mlflow.db")
+    status = dict(con.execute("select run_uuid, status from runs"))
+    assert status == {old: "FINISHED", new: "FINISHED"}
+
+    def steps(run):
+        return [s for (s,) in con.execute("select step from metrics where run_uuid=? and key='critic/score/mean' "
+                                          "order by step", (run,))]
+    assert steps(old) == [1, 2, 3, 4] and steps(new) == list(range(1, 9))
+    tags = dict(con.execute("select key, value from tags where run_uuid=?", (new,)))
+    assert tags["mlflow.parentRunId"] == old and tags["grpolab.resumed_from_run"] == old
+    params = dict(con.execute("select key, value from params where run_uuid=?", (old,)))
+    assert params["trainer.total_training_steps"] != "8"  # the finished run's params untouched
