@@ -60,3 +60,58 @@ def test_unreadable_files_are_named(tmp_path):
     (tmp_path / "x.csv").write_text("a,b")
     with pytest.raises(data.DataError, match="unsupported format"):
         data.read_rows(tmp_path / "x.csv")
+
+
+def test_jsonl_errors_name_the_file_line_and_can_be_skipped(tmp_path):
+    f = tmp_path / "rows.jsonl"
+    lines = [json.dumps(_row()), "", '{"prompt": [{"role": "user", "content": "q"}], "reward_model": {"ground',
+             json.dumps({**_row(), "reward_model": "7"}), json.dumps(_row("What is 2+2?", "4"))]
+    f.write_text("\n".join(lines) + "\n")
+    with pytest.raises(data.DataError) as e:
+        data.load_examples([str(f)])
+    msg = str(e.value)
+    assert f"{f} line 3: not valid JSON" in msg  # the file's line number, blank lines counted
+    assert f"{f} line 4: reward_model is a str, expected an object with a ground_truth" in msg
+    ex, skipped = data.load_examples([str(f)], skip_bad_rows=True)
+    assert [x.ground_truth for x in ex] == ["2", "4"]
+    assert skipped == {"not valid JSON": 1, "reward_model not an object": 1}
+
+
+def test_parquet_without_the_columns_names_them(tmp_path):
+    f = tmp_path / "wrong.parquet"
+    pq.write_table(pa.Table.from_pylist([{"question": "What is 1+1?", "answer": "2"}]), f)
+    with pytest.raises(data.DataError) as e:
+        data.load_examples([str(f)])
+    assert "missing column(s) 'prompt', 'reward_model' (it has question, answer" in str(e.value)
+
+
+def test_data_is_checked_before_any_model_loads(tmp_path):
+    from grpolab import config, stages
+
+    bad = tmp_path / "train.jsonl"
+    bad.write_text(json.dumps(_row()) + "\n{oops\n")
+    p = config.validate({"n_gpus_per_node": 1, "rollout": {"engine": "hf"},
+                         "model": {"local_dir": str(tmp_path / "no-model-here")},
+                         "data": {"train_files": [str(bad)], "val_files": [str(bad)]},
+                         "trainer": {"device": "cpu", "output_dir": str(tmp_path / "out")},
+                         "tracking": {"wandb": False, "mlflow": False}})
+    with pytest.raises(data.DataError, match="line 2: not valid JSON"):
+        stages.train(p)
+
+
+def test_params_check_refuses_devices_this_machine_lacks(tmp_path):
+    import torch
+    import yaml
+    from typer.testing import CliRunner
+
+    from grpolab.cli import app
+
+    if torch.cuda.is_available():
+        pytest.skip("checks a machine without CUDA")
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump({"n_gpus_per_node": 2, "rollout": {"engine": "hf"}, "trainer": {"device": "cuda"}}))
+    r = CliRunner().invoke(app, ["params", "check", str(f)])
+    assert r.exit_code == 1
+    assert "trainer.device: 'cuda' — no CUDA device is visible" in r.stderr
+    assert "n_gpus_per_node: 2 — only 0 GPU(s) visible on this node" in r.stderr
+    assert "Traceback" not in r.output

@@ -81,9 +81,9 @@ def params_check(path: Path = ParamsFile,
     """Validate a params file and that this machine can run it; print derived values or every error."""
     p = load_or_exit(path)
     if not schema_only:
-        from .rollout import engine_errors
+        from .envcheck import environment_errors
 
-        env = engine_errors(p)
+        env = environment_errors(p)
         if env:
             err.print(f"[red]error[/]: {path}: valid params, but this machine cannot run them:")
             for e in env:

@@ -9,8 +9,11 @@ A row, as verl's and Archer2.0's preprocessing scripts write it:
 
     grpolab data toy --out data/      # writes data/train.json and data/val.json
 
-Bad rows (no ground truth, empty prompt, prompt longer than `max_prompt_length` tokens) are refused
-with their row numbers, or skipped and counted when `data.skip_bad_rows` is true.
+Bad rows (no ground truth, empty prompt, `reward_model` not an object, a JSONL line that is not JSON,
+prompt longer than `max_prompt_length` tokens) are refused with their row numbers (JSONL: the file's
+line numbers), or skipped and counted when `data.skip_bad_rows` is true. A parquet file without the
+`prompt` / `reward_model` columns is refused naming them. `check_files` runs all of it but the token
+count before any model loads.
 """
 from __future__ import annotations
 
@@ -66,22 +69,59 @@ def write_toy(out_dir: Path, train_size: int, val_size: int, seed: int = 0) -> l
     return paths
 
 
+REQUIRED_COLUMNS = ("prompt", "reward_model")
+
+
+class BadLine(str):
+    """A JSONL line that is not JSON: kept in place as a row so that it is reported (or skipped)
+    with its line number like any other bad row."""
+
+
 def read_rows(path: str | Path) -> list[dict]:
+    return [row for _, row in read_located_rows(path)]
+
+
+def read_located_rows(path: str | Path) -> list[tuple[str, object]]:
+    """``(where, row)`` pairs: ``where`` is "line N" (1-based, JSONL) or "row i" (0-based)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"data file not found: {path}")
+    if path.suffix == ".jsonl":
+        out = []
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        out.append((f"line {n}", json.loads(line)))
+                    except (json.JSONDecodeError, RecursionError) as exc:
+                        why = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+                        out.append((f"line {n}", BadLine(f"not valid JSON ({why})")))
+        return out
+    return [(f"row {i}", row) for i, row in enumerate(_read_whole(path))]
+
+
+def _read_whole(path: Path) -> list:
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
-    if path.suffix in (".json", ".jsonl"):
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # pyarrow raises several types for a file that is not parquet
+            raise DataError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})") from None
+        missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {', '.join(repr(c) for c in missing)} "
+                            f"(it has {', '.join(table.column_names) or 'none'}; rows need 'prompt' chat "
+                            f"messages and 'reward_model' with a 'ground_truth')")
+        return table.to_pylist()
+    if path.suffix == ".json":
         text = path.read_text()
         try:
-            if path.suffix == ".jsonl":
-                return [json.loads(line) for line in text.splitlines() if line.strip()]
             rows = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: not valid JSON: {exc}") from None
+        except RecursionError:
+            raise DataError(f"{path}: not valid JSON: nested too deeply") from None
         if not isinstance(rows, list):
             raise DataError(f"{path}: expected a JSON list of rows, got {type(rows).__name__}")
         return rows
@@ -90,6 +130,8 @@ def read_rows(path: str | Path) -> list[dict]:
 
 def row_problem(row, count_tokens=None, max_prompt_length: int | None = None) -> str | None:
     """Why a row is unusable, or None when it is fine."""
+    if isinstance(row, BadLine):
+        return str(row)
     if not isinstance(row, dict):
         return "row is not an object"
     prompt = row.get("prompt")
@@ -99,7 +141,11 @@ def row_problem(row, count_tokens=None, max_prompt_length: int | None = None) ->
         isinstance(m, dict) and str(m.get("content", "")).strip() for m in prompt
     ):
         return "empty prompt"
-    gt = (row.get("reward_model") or {}).get("ground_truth")
+    rm = row.get("reward_model")
+    if rm is not None and not isinstance(rm, dict):
+        return (f"reward_model is a {type(rm).__name__}, expected an object with a ground_truth, "
+                f"e.g. {{\"ground_truth\": \"7\"}}")
+    gt = (rm or {}).get("ground_truth")
     if gt is None or str(gt).strip() == "":
         return "no reward_model.ground_truth"
     if count_tokens and max_prompt_length:
@@ -114,11 +160,12 @@ def load_examples(files: list[str], count_tokens=None, max_prompt_length: int | 
     """Read and validate rows from every file. Returns (examples, counts of skipped reasons)."""
     examples, bad, skipped = [], [], {}
     for f in files:
-        for i, row in enumerate(read_rows(f)):
+        for where, row in read_located_rows(f):
             why = row_problem(row, count_tokens, max_prompt_length)
             if why:
-                bad.append(f"{f} row {i}: {why}")
-                key = "prompt too long" if "tokens" in why else why
+                bad.append(f"{f} {where}: {why}")
+                key = ("prompt too long" if "tokens" in why else "not valid JSON" if isinstance(row, BadLine)
+                       else "reward_model not an object" if why.startswith("reward_model is") else why)
                 skipped[key] = skipped.get(key, 0) + 1
                 continue
             prompt = row["prompt"] if isinstance(row["prompt"], list) else [
@@ -134,3 +181,10 @@ def load_examples(files: list[str], count_tokens=None, max_prompt_length: int | 
     if not examples:
         raise DataError(f"no usable rows in {files}")
     return examples, skipped
+
+
+def check_files(train_files: list[str], val_files: list[str], skip_bad_rows: bool) -> None:
+    """Every data file exists, reads, and has usable rows (all but the prompt-length check, which
+    needs the tokenizer): run by the smoke and train stages before any model work."""
+    for files in (train_files, val_files):
+        load_examples(files, skip_bad_rows=skip_bad_rows)

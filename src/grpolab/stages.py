@@ -133,12 +133,18 @@ def run_training(p: Params, stage: str, dvclive: bool) -> dict:
 
 
 def check_engine(p: Params) -> None:
-    """Refuse an unusable rollout engine (not installed, no CUDA, bad settings) before any work."""
-    from .rollout import engine_errors
+    """Refuse what this machine cannot run (rollout engine not installed, no CUDA, fewer GPUs than
+    asked; grpolab.envcheck) before any work."""
+    from .envcheck import environment_errors
 
-    why = engine_errors(p)
+    why = environment_errors(p)
     if why:
         raise StageFailed("\n".join(why))
+
+
+def check_data(p: Params) -> None:
+    """Data files exist and hold usable rows, before any model loads (DataError names file and row)."""
+    data.check_files(p.data.train_files, p.data.val_files, p.data.skip_bad_rows)
 
 
 def device_memory_gb(p: Params, device: str) -> float:
@@ -181,6 +187,7 @@ def smoke(p: Params) -> None:
 
     sp = p.with_smoke()
     check_engine(sp)
+    check_data(sp)
     console.print(f"[bold]smoke[/]: {sp.trainer.total_training_steps} steps, {sp.train_prompt_bsz} prompts "
                   f"x {sp.n_resp_per_prompt}, response <= {sp.max_response_length} tokens, "
                   f"{sp.world_size} rank(s)")
@@ -214,6 +221,7 @@ def train(p: Params) -> None:
     from . import checkpoint, launch
 
     check_engine(p)
+    check_data(p)
     if p.trainer.resume_mode == "auto":  # refuse a changed world size before anything loads
         found, state = checkpoint.peek_state(checkpoint_home(p))
         if state.get("fingerprint") == params_fingerprint(p) and state.get("world_size") != p.world_size:

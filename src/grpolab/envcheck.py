@@ -1,0 +1,28 @@
+"""Can this machine run these params? The checks of the machine, not of the params' values (those are
+`grpolab.config`): the rollout engine (`grpolab.rollout.engine_errors`) and the devices. One list of
+`key: value — why` lines, shown by `grpolab params check` and checked by the smoke, train and evaluate
+stages before any work.
+"""
+from __future__ import annotations
+
+from .config import Params
+
+
+def device_errors(p: Params) -> list[str]:
+    """`trainer.device: cuda` without CUDA; more GPUs per node than this node has."""
+    import torch
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    errors = []
+    if p.trainer.device == "cuda" and not have:
+        errors.append("trainer.device: 'cuda' — no CUDA device is visible (use 'auto' or 'cpu')")
+    if p.trainer.device == "cuda" or (p.trainer.device == "auto" and have):
+        if p.nnodes == 1 and p.n_gpus_per_node > have:
+            errors.append(f"n_gpus_per_node: {p.n_gpus_per_node} — only {have} GPU(s) visible on this node")
+    return errors
+
+
+def environment_errors(p: Params) -> list[str]:
+    from .rollout import engine_errors
+
+    return engine_errors(p) + device_errors(p)
