@@ -53,3 +53,49 @@ def test_hub_id_without_network_fails_fast_naming_alternatives(tmp_path, monkeyp
     assert time.time() - t0 < 60
     msg = str(e.value)
     assert "Qwen/Qwen3-0.6B-Base" in msg and models.BUILTIN_TINY in msg and "local directory" in msg
+
+
+def test_path_that_does_not_exist_is_named(tmp_path):
+    for path in (str(tmp_path / "nope"), "./models/nope", "~/nope/model/"):
+        with pytest.raises(models.DownloadError, match="no such directory"):
+            models.fetch(path, "main", tmp_path / "x")
+
+
+@pytest.mark.e2e
+def test_download_stage_local_dir_passes_dvc_and_ctrl_c_is_one_line(tmp_path):
+    """Under real DVC: Ctrl-C during the download stage is one line (exit 130); a local model folder
+    then passes `dvc repro download` (its files linked into model.local_dir, the stage's output)."""
+    import copy
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from grpolab.demo import DEMO_OVERRIDES, deep_update, make_workspace, project_root
+
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+    env.pop("DVC_ROOT", None)
+    ws = tmp_path / "ws"
+    make_workspace(ws, project_root(), deep_update(copy.deepcopy(DEMO_OVERRIDES), {}))
+    for args in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(args, cwd=ws, env=env, check=True)
+    proc = subprocess.Popen([sys.executable, "pipelines/download.py"], cwd=ws, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stderr.readline()  # "download: builtin:tiny-qwen3 -> models/tiny-qwen3": building now
+    assert first.startswith("download"), first
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines() == [
+        "interrupted: download stopped by Ctrl-C; run it again to pick up where it stopped"], err
+    src = models.build_tiny_model(tmp_path / "my-model", warmup_steps=0)
+    p = ws / "params.yaml"
+    p.write_text(p.read_text().replace("builtin:tiny-qwen3", str(src)))
+    r = subprocess.run(["dvc", "repro", "download"], cwd=ws, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert models.has_weights(ws / "models" / "tiny-qwen3")
+    man = json.loads((ws / "results" / "download" / "manifest.json").read_text())
+    assert {f["file"] for f in man["files"]} >= {"config.json", "model.safetensors"}

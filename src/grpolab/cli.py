@@ -71,6 +71,10 @@ def run_stage(fn: Callable[[config.Params], object], argv: list[str] | None = No
 
         err.print(f"[red]error[/]: {escape(str(exc))}", highlight=False)
         sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; what was written is kept
+        err.print(f"[yellow]interrupted[/]: {getattr(fn, '__name__', 'stage')} stopped by Ctrl-C; "
+                  f"run it again to pick up where it stopped", highlight=False)
+        sys.exit(130)
 
 
 @params_app.command("check")

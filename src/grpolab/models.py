@@ -5,7 +5,8 @@
 `model.path` is one of
 - a hub id (`Qwen/Qwen3-0.6B-Base`): fetched with huggingface_hub at `model.revision` into
   `model.local_dir`; skipped when the weights are already there;
-- a local directory holding `config.json` and weights: used as is;
+- a local directory holding `config.json` and weights: used as is (its files hard-linked into
+  `model.local_dir`, the stage's DVC output); a path that does not exist is named as such;
 - `builtin:tiny-qwen3`: a ~100k-parameter Qwen3-architecture model with a character-level tokenizer,
   built here without network, deterministic from `model.seed`, then warmed up for a few hundred
   steps of supervised training on the answer *format* (`\\boxed{<number>}`) with random numbers, so
@@ -153,6 +154,9 @@ def snapshot(repo_id: str, revision: str, local_dir: Path) -> Path:
         snapshot_download(repo_id=repo_id, revision=revision, local_dir=str(local_dir),
                           allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"])
     except Exception as exc:  # network errors come as several httpx / hub exception types
+        if type(exc).__name__ == "HFValidationError":
+            raise DownloadError(f"model.path: '{repo_id}' — neither an existing directory nor a valid "
+                                f"hub id ('org/name')") from None
         raise DownloadError(
             f"could not download '{repo_id}' (revision '{revision}') from the Hugging Face hub: "
             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}\n"
@@ -181,14 +185,46 @@ def fetch(path: str, revision: str, local_dir: Path, seed: int = 0) -> Path:
     if path.startswith("builtin:"):
         raise DownloadError(f"model.path: '{path}' — unknown built-in model; use '{BUILTIN_TINY}' "
                             f"or '{BUILTIN_06B}'")
-    local = Path(path)
+    local = Path(path).expanduser()
     if local.is_dir():
         if not has_weights(local):
             raise DownloadError(f"model.path: '{path}' — directory has no config.json + weights")
-        return local
+        return use_local_dir(local, local_dir)
+    if looks_like_path(path):
+        raise DownloadError(f"model.path: '{path}' — no such directory (a local model is a folder with "
+                            f"config.json + weights; a hub id looks like 'Qwen/Qwen3-0.6B-Base')")
     if has_weights(local_dir):
         return local_dir  # already downloaded
     return snapshot(path, revision, local_dir)
+
+
+def looks_like_path(path: str) -> bool:
+    """A filesystem path rather than a hub id (`org/name`)."""
+    return (path.startswith(("/", "./", "../", "~", ".\\")) or path.endswith("/") or path.count("/") > 1
+            or "\\" in path or Path(path).suffix in (".safetensors", ".bin", ".json"))
+
+
+def use_local_dir(src: Path, local_dir: Path) -> Path:
+    """A local model folder is used as is, but the stage's output is `model.local_dir` (a DVC output):
+    its files are linked there (hard links; copies across file systems). Returns `local_dir`."""
+    import os
+    import shutil
+
+    if local_dir.exists() and src.resolve() == local_dir.resolve():
+        return local_dir
+
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    tmp = local_dir.with_name(local_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, copy_function=link, ignore=shutil.ignore_patterns(".cache", ".git"))
+    shutil.rmtree(local_dir, ignore_errors=True)
+    tmp.rename(local_dir)
+    return local_dir
 
 
 def sha256(path: Path, chunk: int = 1 << 20) -> str:
