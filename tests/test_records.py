@@ -85,3 +85,26 @@ def test_finished_run_is_never_reopened(tmp_path, capfd):
     assert tags["mlflow.parentRunId"] == old and tags["grpolab.resumed_from_run"] == old
     params = dict(con.execute("select key, value from params where run_uuid=?", (old,)))
     assert params["trainer.total_training_steps"] != "8"  # the finished run's params untouched
+
+
+def test_unusable_wandb_key_is_detected_once(tmp_path, monkeypatch, capfd):
+    """W&B cannot be reached with this key (here: no route to W&B at all): the first stage falls back
+    to offline after the time-out, the next ones go offline at once with one line; the key is kept
+    nowhere (a hash of it is)."""
+    import secrets
+
+    key = secrets.token_hex(20)
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "2")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    p = config.validate({"n_gpus_per_node": 1, "tracking": {"mlflow": False}})
+    first = Tracker(p, stage="smoke", root=tmp_path, dvclive=False)
+    first.close()
+    err1 = capfd.readouterr().err
+    assert "W&B online failed" in err1 and first.reached["wandb"].startswith("offline")
+    second = Tracker(p, stage="train", root=tmp_path, dvclive=False)
+    second.close()
+    lines = [x for x in capfd.readouterr().err.splitlines() if "W&B" in x]
+    assert len(lines) == 1 and "W&B offline: online failed earlier with this key" in lines[0], lines
+    assert second.reached["wandb"].startswith("offline")
+    assert key not in (tmp_path / "wandb" / "grpolab-online-failed.json").read_text()

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import gitmeta, mlflow_runs
+from . import gitmeta, mlflow_runs, wandb_key
 from .config import Params, flatten_params
 
 
@@ -115,9 +115,17 @@ class Tracker:
         except ImportError:
             warn("W&B not recording (wandb is not installed)")
             return
-        for mode in (["online", "offline"] if key else ["offline"]):
+        modes = ["online", "offline"] if key else ["offline"]
+        earlier = wandb_key.remembered_failure(self.root, key) if key else None
+        if earlier:  # detected once; every later stage goes offline at once, with this one line
+            warn(f"W&B offline: online failed earlier with this key ({earlier}); "
+                 f"delete {wandb_key.marker(self.root)} to try online again")
+            modes = ["offline"]
+        timeout = float(os.environ.get("WANDB_INIT_TIMEOUT") or 30)
+        for mode in modes:
             try:
-                settings = wandb.Settings(silent=True, init_timeout=30, **({"api_key": key} if mode == "online" else {}))
+                settings = wandb.Settings(silent=True, init_timeout=timeout,
+                                          **({"api_key": key} if mode == "online" else {}))
                 wid = self.resume.get("wandb_run_id")
                 self.wandb_run = wandb.init(
                     project=self.p.project_name, name=self.run_name, config=self.params, mode=mode,
@@ -126,9 +134,13 @@ class Tracker:
                 )
                 self.wandb_run.summary.update(dict(self.tags))
                 self.reached["wandb"] = f"{mode} {self.wandb_run.id}"
+                if mode == "online":
+                    wandb_key.forget(self.root)
                 return
             except Exception as exc:  # unreachable: go on offline (records sync later)
                 msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                if mode == "online":
+                    wandb_key.remember_failure(self.root, key, f"{type(exc).__name__}: {msg.replace(key, '***')}"[:300])
                 warn(f"W&B {mode} failed ({type(exc).__name__}: {msg.replace(key, '***') if key else msg})"
                      + ("; continuing offline" if mode == "online" else ""))
         self.wandb_run = None
