@@ -291,7 +291,8 @@ def _kill(pids) -> None:
 def test_pool_survives_its_workers_being_killed():
     """Workers killed mid-batch (their tasks are retried) and while idle (pebble then marks the whole
     pool broken: "Unexpected error within the Pool", which ended a training run): same results."""
-    pairs = [(f"\\boxed{{\\frac{{{k}}}{{{k + 1 + k % 2}}}}}", f"\\frac{{{2 * k}}}{{{2 * k + 2}}}") for k in range(1, 61)]
+    pairs = [(f"\\boxed{{\\frac{{{k}}}{{{k + 1 + k % 2}}}}}", f"\\frac{{{2 * k}}}{{{2 * k + 2}}}")
+             for k in range(1, 61)]
     expected = [RewardResult(1.0, "correct") if k % 2 == 0 else RewardResult(0.0, "wrong") for k in range(1, 61)]
     with RewardScorer(num_workers=2, timeout_s=20.0, backend="pebble") as s:
         assert s.score(["\\boxed{1/2}"], ["0.5"])[0].reason == "correct"  # workers up

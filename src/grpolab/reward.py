@@ -43,8 +43,9 @@ Worker processes also get an address-space cap (``max_worker_memory_mb`` above w
 start-up; Linux only) so that a pathological answer cannot eat the machine's memory: hitting it
 ends the task as ``parse_error`` (the worker is replaced). A task whose worker dies under it is
 retried once; a pool that breaks as a whole (pebble: "Unexpected error within the Pool", e.g. its
-idle workers killed on a loaded machine) is rebuilt and the batch retried, with one warning line. Worker stdout is redirected to stderr, so
-nothing a library prints can corrupt a caller's JSON on stdout.
+idle workers killed on a loaded machine) is rebuilt and the batch retried, with one warning line.
+Worker stdout is redirected to stderr, so nothing a library prints can corrupt a caller's JSON on
+stdout.
 """
 from __future__ import annotations
 
