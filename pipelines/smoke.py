@@ -2,6 +2,7 @@
 
 Run by `dvc repro` (see dvc.yaml); by hand: `python pipelines/smoke.py [params.yaml]`.
 """
+import _tree_src  # noqa: F401  (this tree's src/ first: the code DVC hashed)
 from grpolab import stages
 from grpolab.cli import run_stage
 

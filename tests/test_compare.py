@@ -10,14 +10,9 @@ import sys
 
 import pytest
 
-from test_report import BIN, shared_workspace
+from conftest import BIN
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("reportws")]  # one worker builds the shared workspace
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    return shared_workspace(tmp_path_factory)
 
 
 def _compare(ws, env, *args):
@@ -103,3 +98,16 @@ def test_compare_unknown_experiment_fails_naming_the_known_ones(shared):
     r = _compare(shared["ws"], shared["env"], "no-such-exp")
     assert r.returncode == 1
     assert "no experiment 'no-such-exp'" in r.stderr and "t12" in r.stderr and "lr4" in r.stderr
+
+
+def test_exps_shows_the_compared_columns_only(shared):
+    """`grpolab exps`: `dvc exp show` narrowed to the params that differ and the key metrics."""
+    r = subprocess.run([str(BIN / "grpolab"), "exps", "--md"], cwd=shared["ws"], env=shared["env"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    header = _rows(r.stdout)[0]
+    assert {"Experiment", "critic.score.mean", "actor.entropy", "temperature", "lr"} <= set(header), header
+    assert len(header) <= 16, header  # `dvc exp show` alone: well over 150 columns
+    assert not [h for h in header if h.startswith(("timing_s", "perf.", "reward.", "src/", "model."))], header
+    names = " ".join(row[0] for row in _rows(r.stdout)[2:])
+    assert "[t12]" in names and "[lr4]" in names, names

@@ -2,6 +2,7 @@
 broken checkpoints skipped, the Ray launcher matches torchrun. Real processes, real DVC-free stages."""
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -13,11 +14,12 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
+from conftest import ROOT, tiny_params
+
 from grpolab import checkpoint
-from grpolab.demo import DEMO_OVERRIDES, deep_update, project_root
+from grpolab.util import deep_merge
 
 pytestmark = pytest.mark.e2e
-ROOT = project_root()
 SMALL = {
     "train_prompt_bsz": 4, "train_prompt_mini_bsz": 2, "n_resp_per_prompt": 4, "max_response_length": 12,
     "kl_loss_coef": 0.01, "ppo_epochs": 2,
@@ -37,8 +39,7 @@ def env():
 def base(tmp_path_factory):
     """Model and data built once; each run gets its own folder pointing at them."""
     d = tmp_path_factory.mktemp("dist-base")
-    params = deep_update(yaml.safe_load((ROOT / "params.yaml").read_text()), DEMO_OVERRIDES)
-    params = deep_update(params, SMALL)
+    params = tiny_params(SMALL)
     params["model"]["local_dir"] = str(d / "model")
     params["data"].update(dir=str(d / "data"), train_files=[str(d / "data/train.json")],
                           val_files=[str(d / "data/val.json")])
@@ -49,7 +50,7 @@ def base(tmp_path_factory):
 
 
 def workspace(tmp_path, base, **over) -> Path:
-    params = deep_update(json.loads(json.dumps(base)), over)
+    params = deep_merge(base, over)
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return tmp_path
@@ -114,6 +115,10 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, base):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert (ckpts / "global_step_3").exists() and not (ws / "results/train/final").exists()
+    # the killed run's diary entry: running, with the last step it reached
+    entry, = [f for f in (ws / "reports").glob("*.md") if f.name != "index.md"]
+    step = int(re.search(r"— running, step (\d+)/6", entry.read_text()).group(1))
+    assert step >= 3 and f"running, step {step}/6" in (ws / "reports" / "index.md").read_text()
     r = train(ws)
     s = summary(ws)
     assert s["resumed_from"] >= 3
@@ -131,6 +136,20 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, base):
     header, *rows = (ws / "dvclive/plots/metrics/critic/score/mean.tsv").read_text().splitlines()
     col = header.split("\t").index("step")
     assert [int(line.split("\t")[col]) for line in rows] == [1, 2, 3, 4, 5, 6]
+
+
+def test_failed_run_leaves_a_failed_entry_with_its_last_step(tmp_path, base):
+    """A run that stops on an error (here: its step-2 checkpoint cannot be written) has its report
+    entry marked failed, with the step reached and the error, and listed in the index."""
+    ws = workspace(tmp_path / "ws", base, trainer={"total_training_steps": 4, "save_freq": 1})
+    (ws / "results/train/checkpoints").mkdir(parents=True)
+    (ws / "results/train/checkpoints/global_step_2.tmp").write_text("in the way\n")
+    r = train(ws, check=False)
+    assert r.returncode != 0
+    entry, = [f for f in (ws / "reports").glob("*.md") if f.name != "index.md"]
+    text = entry.read_text()
+    assert re.search(r"— failed at step 2/4", text) and "FileExistsError" in text, text
+    assert "failed at step 2/4" in (ws / "reports" / "index.md").read_text()
 
 
 def test_broken_checkpoint_is_detected_and_previous_used(tmp_path, base):

@@ -7,6 +7,7 @@ import torch
 
 from grpolab import models
 from grpolab.preflight import param_count
+from grpolab.util import sha256_file
 
 
 def test_tiny_model_is_deterministic_and_generates_the_format(tmp_path):
@@ -35,7 +36,7 @@ def test_fetch_skips_existing_and_manifest_hashes(tmp_path):
     man = models.write_manifest(d, tmp_path / "manifest.json", models.BUILTIN_TINY, "main")
     entry = next(f for f in man["files"] if f["file"] == "model.safetensors")
     assert entry["size"] == (d / "model.safetensors").stat().st_size
-    assert entry["sha256"] == models.sha256(d / "model.safetensors")
+    assert entry["sha256"] == sha256_file(d / "model.safetensors")
     assert json.loads((tmp_path / "manifest.json").read_text()) == man
 
 

@@ -21,7 +21,6 @@ broken checkpoint is reported and the one before it used. The last `keep` checkp
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -33,15 +32,9 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from .util import sha256_file
+
 PREFIX = "global_step_"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def step_of(path: Path) -> int:
@@ -90,7 +83,7 @@ def verify(path: Path) -> str | None:
             return f"missing {name}"
         if f.stat().st_size != size:
             return f"{name} has {f.stat().st_size} bytes, manifest says {size}"
-        if _sha256(f) != digest:
+        if sha256_file(f) != digest:
             return f"{name} sha256 mismatch"
     return None
 
@@ -124,7 +117,7 @@ def save(root: Path, step: int, model, optimizer, state: dict, keep: int, rank: 
     dist.barrier()
     if rank == 0:
         (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1) + "\n")
-        files = {f.name: (f.stat().st_size, _sha256(f)) for f in sorted(tmp.iterdir()) if f.is_file()}
+        files = {f.name: (f.stat().st_size, sha256_file(f)) for f in sorted(tmp.iterdir()) if f.is_file()}
         (tmp / "manifest.json").write_text(json.dumps({"files": files}, indent=1) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)

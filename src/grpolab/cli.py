@@ -1,16 +1,20 @@
 """`grpolab` command line (typer). Every command validates params before any expensive work.
 
     grpolab params check [params.yaml]     derived values, or every bad key as `key: value — rule`
+    grpolab params check --explain KEY     what a param means (unit, paper / verl name), its default and value
     grpolab model download                 the download stage
     grpolab data toy --out data/           toy arithmetic train/val sets (Archer/verl rows)
     grpolab smoke | train | evaluate | report   the DVC stages, by hand
     grpolab score rollouts.jsonl           re-score saved rollouts
     grpolab preflight [params.yaml]        per-GPU memory estimate; refuses what cannot fit
     grpolab compare [EXP ...]              experiments side by side, with plots
+    grpolab exps                           `dvc exp show` narrowed to what experiments are compared on
     grpolab demo --workdir demo/           a fresh git+DVC workspace running the whole pipeline on CPU
 """
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -20,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import config
+from .scoring_cli import score
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split("\n")[0])
 params_app = typer.Typer(no_args_is_help=True, help="Validate and inspect params.yaml.")
@@ -51,8 +56,22 @@ def load_or_exit(path: Path) -> config.Params:
         raise typer.Exit(1)
 
 
+def quiet_logs() -> None:
+    """Progress lines stay readable: no transformers/hub loading bars, no MLflow/alembic INFO lines."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+
+
 def run_stage(fn: Callable[[config.Params], object], argv: list[str] | None = None) -> None:
     """Entry point of every `pipelines/<stage>.py`: validate params, run one function, exit cleanly."""
+    quiet_logs()
     from .data import DataError
     from .launch import LaunchError
     from .models import DownloadError
@@ -81,8 +100,26 @@ def run_stage(fn: Callable[[config.Params], object], argv: list[str] | None = No
 def params_check(path: Path = ParamsFile,
                  schema_only: bool = typer.Option(False, "--schema-only",
                                                   help="check the params alone, not whether this machine "
-                                                       "can run them (rollout engine installed, CUDA)")) -> None:
-    """Validate a params file and that this machine can run it; print derived values or every error."""
+                                                       "can run them (rollout engine installed, CUDA)"),
+                 explain: Optional[str] = typer.Option(None, "--explain", metavar="KEY",
+                                                       help="print what KEY (e.g. lr, trainer.save_freq) means")) -> None:
+    """Validate a params file and that this machine can run it; print derived values or every error
+    (or explain one key)."""
+    if explain:
+        try:
+            doc = config.explain(explain)
+        except KeyError as exc:
+            err.print(f"[red]error[/]: {exc.args[0]}", highlight=False)
+            raise typer.Exit(1)
+        value = ""
+        if path.exists():
+            try:
+                value = config.flatten_params(config.load(path).model_dump(mode="json")).get(explain, "(a group)")
+            except config.ParamsError:
+                value = "(params file invalid)"
+        print(f"{explain}: {doc['description']}\n  type: {doc['type']}   default: {doc['default']}"
+              + (f"   {path}: {value}" if path.exists() else "") + (f"\n  rule: {doc['rule']}" if doc["rule"] else ""))
+        return
     p = load_or_exit(path)
     if not schema_only:
         from .envcheck import environment_errors
@@ -132,14 +169,7 @@ for _name, _fn in (("smoke", "smoke"), ("train", "train"), ("evaluate", "evaluat
     app.command(_name)(_stage_command(_fn))
 
 
-@app.command("score")
-def score(path: Path = typer.Argument(..., help="JSONL rows with `response` and `ground_truth`"),
-          timeout: float = typer.Option(5.0, help="seconds per answer"),
-          workers: int = typer.Option(0, help="processes (0 = all cores)")) -> None:
-    """Re-score saved rollouts: each row is printed back with `score` and `reason`."""
-    from .scoring_cli import score_file
-
-    raise typer.Exit(score_file(path, sys.stdout, timeout_s=timeout, workers=workers))
+app.command("score")(score)  # one implementation: grpolab.scoring_cli
 
 
 @app.command("demo")
@@ -173,6 +203,17 @@ def compare_cmd(
         raise typer.Exit(1)
     print(res["table"])
     err.print(f"wrote {res['report']}" + "".join(f", {p}" for p in res["plots"].values()), highlight=False)
+
+
+@app.command("exps")
+def exps_cmd(all_commits: bool = typer.Option(False, "--all-commits", "-A", help="also experiments of older commits"),
+             md: bool = typer.Option(False, "--md", help="markdown table")) -> None:
+    """`dvc exp show`, narrowed: only params that differ, key metrics first, no per-file or timing columns."""
+    import subprocess
+
+    from .compare import exp_show_args
+
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "dvc", *exp_show_args(all_commits, md)]))
 
 
 @app.command("preflight")

@@ -7,7 +7,8 @@ and one PNG per metric over steps.
 
 Writes `<out>/compare.md` and `<out>/compare-<metric>.png` (`/` -> `_`), prints the table.
 
-Sources: params and final metrics come from `dvc exp show --json` (the same numbers `dvc exp show`
+Sources: the experiments are `dvc.api.exp_show`'s rows; each one's params and final metrics are read,
+typed, with `dvc.api.params_show` / `dvc.api.metrics_show` at its revision (the numbers `dvc exp show`
 prints); per-step histories come from the MLflow store (the params' `tracking.mlflow_tracking_uri`, else
 `sqlite:///<repo root>/mlflow.db`) through MLflow's client. An experiment's MLflow train run is the one
 tagged with its `dvc.exp_name`; a commit (a baseline) is matched to the newest untagged train run whose
@@ -18,12 +19,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import health
+from .config import flatten_params
+from .util import md_table
 
 DEFAULT_METRICS = ("critic/score/mean", "actor/entropy")
 LOWER_IS_BETTER = ("loss", "grad_norm", "solve_none", "clip_ratio", "kl", "timing")
@@ -49,41 +50,48 @@ class Exp:
         return self.name if self.name == self.rev[:7] else f"{self.name} ({self.rev[:7]})"
 
 
-def _flat(d: dict, sep: str, prefix: str = "") -> dict:
-    out = {}
-    for k, v in (d or {}).items():
-        if isinstance(v, dict):
-            out.update(_flat(v, sep, f"{prefix}{k}{sep}"))
-        else:
-            out[f"{prefix}{k}"] = v
+def dvc_experiments(root: Path, all_commits: bool = False) -> list[Exp]:
+    """Every experiment and commit `dvc exp show` lists (of HEAD, or of every commit), workspace
+    first, with its params and metrics read at its own revision."""
+    import dvc.api
+
+    from .gitmeta import open_repo
+
+    try:
+        rows = dvc.api.exp_show(repo=str(root), num=-1 if all_commits else 1)
+    except Exception as exc:
+        raise CompareError(f"`dvc exp show` failed in {root}: {type(exc).__name__}: {exc}") from None
+    repo = open_repo(root)
+    out: list[Exp] = []
+    for row in rows:
+        if row.get("State") in ("Queued", "Running", "Failed"):
+            continue
+        name, rev = row.get("Experiment") or row.get("rev"), row.get("rev")
+        at = None if rev == "workspace" else rev
+        try:
+            sha = "workspace" if at is None else repo.commit(rev).hexsha
+            params = flatten_params(dvc.api.params_show("params.yaml", repo=str(root), rev=at))
+            metrics = flatten_params(dvc.api.metrics_show(repo=str(root), rev=at), sep="/")
+        except Exception:  # a commit without the pipeline (or its params): nothing to compare
+            continue
+        out.append(Exp(name, sha, params, metrics, bool(row.get("Experiment"))))
     return out
 
 
-def dvc_experiments(root: Path, all_commits: bool = False) -> list[Exp]:
-    """Every row of `dvc exp show --json` that has data, workspace first."""
-    cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json"] + (["--all-commits"] if all_commits else [])
-    r = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
-    if r.returncode:
-        raise CompareError(f"`dvc exp show --json` failed in {root}: {r.stderr.strip()[-500:]}")
-    rows: list[Exp] = []
+# `grpolab exps`: the columns of `dvc exp show` that experiments are compared on. Params show only
+# where they differ; these metrics always; per-step detail, timings, smoke checks and code hashes never.
+KEEP_COLUMNS = r"^(critic\.score\.mean|actor\.entropy|response_length\.mean|response_length\.clip_ratio|step|val-core/.*)$"
+DROP_COLUMNS = (r"^(steps_completed|peak_memory_gb|passed|grad_norm_step\d+|batch\.valid|actor\.(pg_loss|ppo_kl|"
+                r"pg_clipfrac.*|kl_loss|grad_norm_max|lr)|critic\.(score\.(max|min)|advantages\..*)|"
+                r"response_length\.max|training\..*|timing_s\..*|perf\..*|reward\..*|val-core\..*|request|"
+                r".*(_dir|_files|manifest)|src/.*|pipelines|data|models/.*|results/.*)$")
 
-    def add(rev: dict, is_exp: bool) -> None:
-        data = rev.get("data") or {}
-        if not data or rev.get("error"):
-            return
-        params = _flat((data.get("params") or {}).get("params.yaml", {}).get("data", {}), ".")
-        metrics = {}
-        for f in (data.get("metrics") or {}).values():
-            metrics.update(_flat(f.get("data") or {}, "/"))
-        sha = rev.get("rev") or ""
-        rows.append(Exp(rev.get("name") or sha[:7], sha, params, metrics, is_exp))
 
-    for base in json.loads(r.stdout or "[]"):
-        add(base, False)
-        for e in base.get("experiments") or []:
-            for rev in e.get("revs") or []:
-                add(rev, True)
-    return rows
+def exp_show_args(all_commits: bool = False, md: bool = False) -> list[str]:
+    """`dvc exp show` arguments of the narrowed view (experiments sorted by final score)."""
+    return ["exp", "show", "--no-pager", "--only-changed", "--drop", DROP_COLUMNS, "--keep", KEEP_COLUMNS,
+            "--sort-by", "critic.score.mean", "--sort-order", "desc", *(["--md"] if md else []),
+            *(["--all-commits"] if all_commits else [])]
 
 
 def select(rows: list[Exp], names: list[str]) -> list[Exp]:
@@ -199,7 +207,7 @@ def table(exps: list[Exp], metrics: list[str], findings: dict[str, list[health.F
     for m in metrics:
         header += [f"`{m}` final", f"`{m}` best (step)"]
     header += [f"`{k}`" for k in val_keys] + ["health", "MLflow run"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    body = []
     for e in exps:
         row = [e.label, *[_pfmt(e.params.get(k)) for k in diff], _fmt(e.metrics.get("step"))]
         for m in metrics:
@@ -212,8 +220,8 @@ def table(exps: list[Exp], metrics: list[str], findings: dict[str, list[health.F
         f = findings.get(e.rev, [])
         row += [", ".join(x.rule for x in f) if f else ("ok" if e.history else "-"),
                 f"`{e.run_id[:8]}`" if e.run_id else "-"]
-        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |")
-    return "\n".join(lines)
+        body.append(row)
+    return md_table(header, body)
 
 
 def slug(metric: str) -> str:

@@ -19,6 +19,8 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
+from .util import deep_merge
+
 MARKER = ".grpolab-demo"
 console = Console(stderr=True, soft_wrap=True)
 
@@ -39,8 +41,9 @@ DEMO_OVERRIDES = {
     "smoke": {"train_prompt_bsz": 4, "train_prompt_mini_bsz": 2, "n_resp_per_prompt": 4,
               "max_prompt_length": 64, "max_response_length": 16},
 }
-# DVC git-ignores its cached outputs itself; metrics (cache: false) must stay visible to git.
-GITIGNORE = "/mlflow.db\n/mlartifacts/\n/wandb/\n__pycache__/\n"
+# DVC git-ignores its cached outputs itself; metrics (cache: false) must stay visible to git. MLflow's
+# store and artifacts, W&B's offline runs and byte code never go into git.
+GITIGNORE = "/mlflow.db\n/mlartifacts/\n/mlruns/\n/wandb/\n__pycache__/\n"
 
 
 def project_root() -> Path:
@@ -51,21 +54,16 @@ def project_root() -> Path:
     return root
 
 
-def deep_update(base: dict, over: dict) -> dict:
-    for k, v in over.items():
-        base[k] = deep_update(dict(base.get(k) or {}), v) if isinstance(v, dict) else v
-    return base
-
-
 def make_workspace(workdir: Path, root: Path, overrides: dict = DEMO_OVERRIDES) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / MARKER).write_text("created by `grpolab demo`; safe to delete\n")
     shutil.copy2(root / "dvc.yaml", workdir / "dvc.yaml")
+    shutil.copy2(root / ".dvcignore", workdir / ".dvcignore")  # byte code is no part of a stage's code
     shutil.copytree(root / "pipelines", workdir / "pipelines",
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(root / "src" / "grpolab", workdir / "src" / "grpolab",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    params = deep_update(yaml.safe_load((root / "params.yaml").read_text()), overrides)
+    params = deep_merge(yaml.safe_load((root / "params.yaml").read_text()), overrides)
     header = "# grpolab demo params: the recipe switched to the tiny model, toy data and CPU.\n"
     (workdir / "params.yaml").write_text(header + yaml.safe_dump(params, sort_keys=False))
     (workdir / ".gitignore").write_text(GITIGNORE)
@@ -92,6 +90,8 @@ def run_demo(workdir: Path, force: bool = False, exp_args: tuple[str, ...] = ("-
             console.print(f"[red]error[/]: {workdir} holds a previous demo; pass --force to replace it")
             return 1
         shutil.rmtree(workdir)
+    from .compare import exp_show_args
+
     t0 = time.time()
     make_workspace(workdir, project_root())
     env = dict(os.environ)
@@ -111,8 +111,7 @@ def run_demo(workdir: Path, force: bool = False, exp_args: tuple[str, ...] = ("-
         sh(["git", "add", "-A"], workdir, env)
         sh(["git", "commit", "-q", "-m", "baseline run: dvc.lock and report"], workdir, env)
         sh(["dvc", "exp", "run", *exp_args], workdir, env)
-        sh(["dvc", "exp", "show", "--no-pager", "--md", "--only-changed", "--drop",
-            "src/.*|pipelines/.*|timing.*|perf.*|reward.*|grad_norm_step.*"], workdir, env)
+        sh(["dvc", *exp_show_args(md=True)], workdir, env)
     except RuntimeError as exc:
         console.print(f"[red]demo failed[/]: {exc}")
         return 1
@@ -120,5 +119,5 @@ def run_demo(workdir: Path, force: bool = False, exp_args: tuple[str, ...] = ("-
     console.print(f"  reports:      {workdir / 'reports'} (index.md, newest first)")
     console.print(f"  MLflow store: {workdir / 'mlflow.db'} -> "
                   f"`mlflow ui --backend-store-uri sqlite:///{workdir / 'mlflow.db'}`")
-    console.print(f"  experiments:  cd {workdir} && dvc exp show")
+    console.print(f"  experiments:  cd {workdir} && grpolab exps   (dvc exp show, narrowed)")
     return 0

@@ -97,16 +97,9 @@ def flat_params(params) -> dict:
         return {}
     if hasattr(params, "model_dump"):
         params = params.model_dump(mode="json")
-    out: dict = {}
+    from .config import flatten_params
 
-    def walk(d: dict, prefix: str) -> None:
-        for k, v in d.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            else:
-                out[f"{prefix}{k}"] = v
-    walk(dict(params), "")
-    return out
+    return flatten_params(dict(params))
 
 
 def _num(x) -> Optional[float]:

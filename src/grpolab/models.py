@@ -16,10 +16,11 @@ The stage writes a manifest (file, size, sha256) of what it produced.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from pathlib import Path
+
+from .util import sha256_file
 
 BUILTIN_TINY = "builtin:tiny-qwen3"
 BUILTIN_06B = "builtin:qwen3-0.6b-random"  # Qwen3-0.6B's shape, random weights: GPU memory/speed runs
@@ -227,17 +228,9 @@ def use_local_dir(src: Path, local_dir: Path) -> Path:
     return local_dir
 
 
-def sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_manifest(model_dir: Path, out: Path, source: str, revision: str) -> dict:
     files = [
-        {"file": str(f.relative_to(model_dir)), "size": f.stat().st_size, "sha256": sha256(f)}
+        {"file": str(f.relative_to(model_dir)), "size": f.stat().st_size, "sha256": sha256_file(f)}
         for f in sorted(model_dir.rglob("*"))
         if f.is_file() and ".cache" not in f.parts
     ]

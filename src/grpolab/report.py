@@ -1,11 +1,12 @@
-"""Delivery reports: `reports/<date>-<exp_name>[-<dvc exp>].md` (+ a `.png` of score and entropy over
-steps beside it), `reports/index.md` (newest first) and `reports/progress.md` (every train run's best
-result, from the MLflow store).
+"""Delivery reports: `reports/<start date>-<exp_name>[-<dvc exp>].md` (+ a `.png` of score and entropy
+over steps beside it); the folder's index and progress are `grpolab.diary`'s.
 
 The sections are the seed change log's (Request/Delivery/Scope, Changes, Key Hyperparameters,
-Validation, Git, Notes), filled from this run's records: params (and the baseline's, read from git),
-the smoke/train summaries, the evaluation metrics, git metadata, the pre-flight memory estimate
-(`grpolab.preflight`) and the health checks (`grpolab.health`).
+Validation, Git, Notes), filled from the records of the run whose results are in this tree (its
+train summary: MLflow run id, start date, DVC experiment, commit, code): params (and the baseline's,
+read with `dvc.api.params_show`), the smoke/train summaries, the evaluation metrics, git metadata
+(GitPython), the pre-flight memory estimate (`grpolab.preflight`) and the health checks
+(`grpolab.health`). Every number is written one way (`diary.num`: 4 significant digits).
 
     grpolab report            # what the report stage runs; regenerates without retraining
 """
@@ -15,37 +16,20 @@ import datetime as dt
 import json
 import math
 import os
-import subprocess
 from pathlib import Path
 
-import yaml
-
-from . import config, gitmeta, health
+from . import config, diary, gitmeta, health
 from .config import Params
+from .diary import num, short_id
+from .pipeline import output_paths
+from .util import deep_merge, md_table
 
 KEY_PARAMS = ["train_prompt_bsz", "n_resp_per_prompt", "max_response_length", "lr", "ppo_epochs",
               "kl_loss_coef", "temperature"]
-SKIP_INDEX = ("index.md", "progress.md", "compare.md")  # reports/ files that are not experiment reports
 
 
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _git(root: Path, *args: str) -> str:
-    r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-    return r.stdout.strip() if r.returncode == 0 else ""
-
-
-def baseline_rev() -> str:
-    return os.environ.get("DVC_EXP_BASELINE_REV") or "HEAD"
-
-
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _deep_merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-    return out
 
 
 def normalized_params(raw: dict) -> dict:
@@ -54,66 +38,30 @@ def normalized_params(raw: dict) -> dict:
     try:
         return config.flatten_params(config.validate(raw).model_dump(mode="json"))
     except config.ParamsError:  # an older schema: merge onto today's defaults as written
-        return config.flatten_params(_deep_merge(Params().model_dump(mode="json"), raw))
+        return config.flatten_params(deep_merge(Params().model_dump(mode="json"), raw))
 
 
 def baseline_params(root: Path, rev: str) -> dict:
-    text = _git(root, "show", f"{rev}:params.yaml")
-    try:
-        raw = yaml.safe_load(text) if text else None
-    except yaml.YAMLError:
+    """The params.yaml of `rev` (dvc.api.params_show), normalized; {} when there is none."""
+    if not rev:
         return {}
-    return normalized_params(raw) if isinstance(raw, dict) else {}
+    try:
+        import dvc.api
+
+        raw = dvc.api.params_show("params.yaml", repo=str(root), rev=rev)
+    except Exception:
+        return {}
+    return normalized_params(raw) if isinstance(raw, dict) and raw else {}
 
 
-def output_paths(p: Params) -> tuple[str, ...]:
-    """What the pipeline itself writes: not "changes" a user made."""
-    dirs = [p.tracking.dvclive_dir, p.tracking.reports_dir, p.model.local_dir, p.data.dir,
-            p.trainer.output_dir, p.smoke.output_dir, p.val.output_dir, str(Path(p.model.manifest).parent)]
-    return ("dvc.lock",) + tuple(d.rstrip("/") + "/" for d in dirs)
-
-
-def _only_dvc_ignores(root: Path, rev: str, path: str, outputs: tuple[str, ...]) -> bool:
-    """A .gitignore whose only change is DVC adding its outputs (`/data`, `/tiny-qwen3`)."""
-    names = {Path(o.rstrip("/")).name for o in outputs}
-    added = [ln[1:].strip() for ln in _git(root, "diff", rev, "--", path).splitlines()
-             if ln.startswith("+") and not ln.startswith("+++")]
-    removed = [ln for ln in _git(root, "diff", rev, "--", path).splitlines()
-               if ln.startswith("-") and not ln.startswith("---")]
-    return not removed and all(a.lstrip("/") in names for a in added if a)
-
-
-def changed_files(root: Path, rev: str, exclude: tuple[str, ...] = ()) -> list[tuple[str, str, str]]:
-    """(path, change, why) for files changed against the baseline, with the commits touching them."""
+def changed_files(repo, rev: str, to: str | None, outputs: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """(path, change, why) for the user's files changed from `rev` to `to` (None: the working tree),
+    with the subjects of the commits touching them."""
     rows = []
-    status = {"A": "Added", "M": "Modified", "D": "Deleted", "R": "Renamed"}
-    for line in _git(root, "diff", "--name-status", rev).splitlines():
-        code, _, path = line.partition("\t")
-        if path == "dvc.lock" or path.startswith(tuple(e for e in exclude if e.endswith("/"))):
-            continue
-        if Path(path).name == ".gitignore" and _only_dvc_ignores(root, rev, path, exclude):
-            continue
-        subjects = _git(root, "log", "--format=%s", "-3", f"{rev}..HEAD", "--", path)
-        why = "; ".join(subjects.splitlines()) or "uncommitted change in the experiment"
-        rows.append((path, status.get(code[:1], code), why))
+    for path, change in gitmeta.user_changes(repo, rev, to, outputs):
+        subjects = [c.summary for c in repo.iter_commits(f"{rev}..{to or 'HEAD'}", paths=path, max_count=3)]
+        rows.append((path, change, "; ".join(subjects) or "uncommitted change"))
     return rows
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float) and len(str(v)) > 8:
-        return f"{v:.4g}"
-    return str(v)
-
-
-def _table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    lines += ["| " + " | ".join(_fmt(c).replace("|", "\\|") for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def report_name(p: Params, date: str) -> str:
-    exp = gitmeta.dvc_info()["dvc_exp_name"]
-    return f"{date}-{p.exp_name}" + (f"-{exp}" if exp else "") + ".md"
 
 
 def _size(n: float) -> str:
@@ -126,70 +74,93 @@ def _size(n: float) -> str:
 
 
 class Context:
-    """Everything one report reads, loaded once."""
+    """Everything one report reads, loaded once; identity from the run's record, not the workspace."""
 
     def __init__(self, p: Params, root: Path):
         self.p, self.root = p, root
-        self.rev = baseline_rev()
-        self.base = baseline_params(root, self.rev)
-        self.cur = config.flatten_params(p.model_dump(mode="json"))
         self.smoke = _read_json(Path(p.smoke.output_dir) / "summary.json")
         self.train = _read_json(Path(p.trainer.output_dir) / "summary.json")
+        self.rec = self.train.get("tracking") or {}
         self.ev = _read_json(Path(p.val.output_dir) / "metrics.json")
         self.hist = self.train.get("history", [])
-        self.git = gitmeta.git_info(root)
-        self.exp = gitmeta.dvc_info()["dvc_exp_name"]
+        self.repo = gitmeta.open_repo(root)
+        self.git = gitmeta.git_info(root, output_paths(p))  # today's remote / push state
+        self.exp = self.rec.get("dvc_exp_name", "") if self.rec else gitmeta.dvc_info()["dvc_exp_name"]
+        self.commit = self.rec.get("commit") or self.git["commit"]
+        # inside `dvc exp run` the experiment's commit does not exist yet (a ref of that name is older)
+        self.exp_commit = gitmeta.exp_commit(root, self.exp, self.rec.get("baseline_rev") or self.commit) \
+            if self.exp and not os.environ.get("DVC_EXP_NAME") else ""
+        self.rev, self.to = self._baseline()
+        self.base = baseline_params(root, self.rev)
+        self.cur = config.flatten_params(p.model_dump(mode="json"))
         self.changed = {k: (self.base.get(k), v) for k, v in self.cur.items()
                         if self.base and self.base.get(k) != v}
         self.findings = health.check(self.hist, {**self.base, **self.cur})
         self.preflight = preflight_vs_measured(p, self.smoke, self.train)
+        self.cpu = str(self.train.get("device", "cuda")).startswith("cpu")
+        self.unit = "CPU process" if self.cpu else "GPU"
+
+    def _baseline(self) -> tuple[str, str | None]:
+        """(what to compare with, the run's tree: a commit, or None for the working tree).
+        An experiment: its baseline commit. A workspace run: its commit when it ran on uncommitted
+        changes, else that commit's parent (a run compared with itself would show nothing)."""
+        if self.exp:
+            return (self.rec.get("baseline_rev") or os.environ.get("DVC_EXP_BASELINE_REV") or self.commit,
+                    self.exp_commit or None)
+        dirty = self.rec.get("dirty", self.git["dirty"]) == "true"
+        if dirty or self.repo is None or not self.commit:
+            return self.commit, None
+        parents = self.repo.commit(self.commit).parents
+        return (parents[0].hexsha if parents else ""), self.commit
+
+    def request(self) -> str:
+        how = "state it with `dvc exp run -S 'request=...'` (or `request:` in params.yaml)"
+        if not self.p.request:
+            return f"(not stated: {how})"
+        if self.exp and self.base.get("request") == self.p.request:
+            return f"(not stated for this experiment; the baseline's was: {self.p.request}. {how[0].upper()}{how[1:]})"
+        return self.p.request
 
 
 def build(p: Params, root: Path, date: str | None = None, plot_name: str | None = None) -> str:
-    date = date or dt.date.today().isoformat()
     c = Context(p, root)
-    hist, train, ev, exp, rev, changed = c.hist, c.train, c.ev, c.exp, c.rev, c.changed
-    d = config.derived(p)
+    date = c.rec.get("started") or date or dt.date.today().isoformat()
+    hist, train, ev, exp, changed = c.hist, c.train, c.ev, c.exp, c.changed
     last = hist[-1] if hist else {}
     score0 = hist[0].get("critic/score/mean") if hist else None
-    val_txt = ", ".join(f"`{k}` {v:.3f}" for k, v in ev.items()) or "no validation metrics"
+    val_txt = ", ".join(f"`{k}` {num(v)}" for k, v in ev.items()) or "no validation metrics"
 
     s = [f"## {date} - {p.exp_name}" + (f" (`{exp}`)" if exp else "")]
-    g4 = lambda v: f"{v:.4g}" if isinstance(v, (int, float)) else str(v)  # noqa: E731
     delivery = (f"Trained {train.get('steps_done', 0)}/{train.get('total_steps', '?')} steps; "
-                f"`critic/score/mean` {g4(score0)} -> {g4(last.get('critic/score/mean'))}; {val_txt}")
-    scope = (f"{p.world_size}x {train.get('device', '?')} ({p.n_gpus_per_node} per node x {p.nnodes}), "
-             f"model `{p.model.path}`, rollout `{p.rollout.engine}`; "
+                f"`critic/score/mean` {num(score0)} -> {num(last.get('critic/score/mean'))}; {val_txt}")
+    where = (f"{p.world_size} CPU process(es)" if c.cpu else
+             f"{p.world_size} GPU(s) ({p.n_gpus_per_node} per node x {p.nnodes} node(s))")
+    scope = (f"{where}, model `{p.model.path}`, rollout `{p.rollout.engine}`; "
              + (f"{len(changed)} param(s) changed vs baseline" if changed else "all params unchanged"))
-    s += ["", _table(["Item", "Details"], [
-        ["Request", p.request or "(not stated: set `request` in params.yaml or "
-                                 "`dvc exp run -S 'request=...'`)"],
-        ["Delivery", delivery], ["Scope", scope]])]
+    s += ["", md_table(["Item", "Details"], [["Request", c.request()], ["Delivery", delivery], ["Scope", scope]])]
 
-    files = changed_files(root, rev, output_paths(p))
+    files = changed_files(c.repo, c.rev, c.to, output_paths(p)) if c.repo is not None and c.rev else []
     if "params.yaml" in [f[0] for f in files]:
-        files = [(a, b, ", ".join(f"`{k}` {_fmt(o)} -> {_fmt(n)}" for k, (o, n) in changed.items()) or c_)
+        files = [(a, b, ", ".join(f"`{k}` {num(o)} -> {num(n)}" for k, (o, n) in changed.items()) or c_)
                  if a == "params.yaml" else (a, b, c_) for a, b, c_ in files]
     s += ["", "### Changes", ""]
-    s += [_table(["Path", "Change", "Why"], [[f"`{a}`", b, c_] for a, b, c_ in files])
-          if files else f"No files changed against the baseline `{rev}`."]
+    against = f"`{c.rev[:7]}`" + (" (the parent of the run's commit)" if not exp and c.to else "")
+    s += [md_table(["Path", "Change", "Why"], [[f"`{a}`", b, c_] for a, b, c_ in files]) if files else
+          (f"No user files changed against {against}." if c.rev else
+           "No earlier commit to compare with (the run's commit is the first).")]
 
     s += ["", "### Key Hyperparameters" + (" (unchanged from baseline)" if not changed else ""), ""]
-    keys = KEY_PARAMS + [k for k in changed if k not in KEY_PARAMS]
-    rows = []
-    for k in keys:
-        b = c.base.get(k, "(new)") if c.base else "-"
-        rows.append([f"`{k}`", c.cur.get(k), b, "changed" if k in changed else ""])
-    s.append(_table(["Param", "Value", "Baseline", "Change"], rows))
-    s += ["", "Derived values:", "", _table(["Derived", "Value"], [[f"`{k}`", v] for k, v in d.items()])]
-
-    s += ["", "### Validation", "", _table(["Check", "Evidence", "Result"], validation_rows(p, c))]
-
-    s += ["", "### Git", "", _table(["Field", "Value"], git_rows(c))]
-
+    rows = [[f"`{k}`", num(c.cur.get(k)), num(c.base.get(k, "(new)")) if c.base else "-",
+             "changed" if k in changed else ""] for k in KEY_PARAMS + [k for k in changed if k not in KEY_PARAMS]]
+    s.append(md_table(["Param", "Value", "Baseline", "Change"], rows))
+    derived = {(k.replace("_per_gpu", "_per_process") if c.cpu else k): v for k, v in config.derived(p).items()}
+    s += ["", "Derived values:", "", md_table(["Derived", "Value"], [[f"`{k}`", num(v)] for k, v in derived.items()])]
+    s += ["", "### Validation", "", md_table(["Check", "Evidence", "Result"], validation_rows(p, c))]
+    s += ["", "### Git", "", md_table(["Field", "Value"], git_rows(c))]
     s += ["", "### Notes", ""] + [f"- {n}" for n in notes(p, c)]
     if plot_name:
         s += ["", f"![`critic/score/mean` and `actor/entropy` over steps]({plot_name})"]
+    s += ["", diary.MARK.format(diary.run_key(c.rec))]
     return "\n".join(s) + "\n"
 
 
@@ -224,7 +195,7 @@ def _unrecorded_rows(p: Params, train: dict) -> list[list[str]]:
     tr, reached = train.get("tracking", {}), train.get("reached", {})
     rows = []
     if p.tracking.mlflow and not (tr.get("mlflow_run_id") and "mlflow" in reached):
-        why = (f"run `{tr['mlflow_run_id']}` kept steps it could not send (see `mlflow-pending-*.jsonl`)"
+        why = (f"run `{short_id(tr['mlflow_run_id'])}` kept steps it could not send (see `mlflow-pending-*.jsonl`)"
                if tr.get("mlflow_run_id") else "no MLflow run recorded this training")
         rows.append(["MLflow logging", why, "Fail - see the train stage's warnings"])
     if p.tracking.wandb and not tr.get("wandb_run_id"):
@@ -235,19 +206,26 @@ def _unrecorded_rows(p: Params, train: dict) -> list[list[str]]:
 def _memory_row(name: str, m: dict) -> list:
     est, meas, dev = m["estimate"], m["measured_gb"], m["device_gb"]
     alloc = est["allocated_gb"]
-    parts = [f"estimate {alloc:.3g} GB allocated (+{est['overhead_gb']:g} GB overhead = "
-             f"{est['peak_gb']:.3g} GB; weights {est['memory_gb']['weights']:.3g}, activations "
-             f"{est['memory_gb']['activations']:.3g}, logits {est['memory_gb']['logits']:.3g})"]
+    mg = est["memory_gb"]
+    parts = [f"estimate {num(alloc)} GB allocated (+{num(est['overhead_gb'])} GB overhead = "
+             f"{num(est['peak_gb'])} GB; weights {num(mg['weights'])}, activations "
+             f"{num(mg['activations'])}, logits {num(mg['logits'])})"]
     if meas is not None:
-        parts.insert(0, f"measured `perf/max_memory_allocated_gb` {meas:.3g} GB")
+        parts.insert(0, f"measured `perf/max_memory_allocated_gb` {num(meas)} GB")
         if m["device"] == "cpu":
             parts.append("on CPU the measure is the process's peak RSS (Python and libraries included)")
         elif alloc:
-            parts.append(f"measured/estimate {meas / alloc:.2f}")
+            parts.append(f"measured/estimate {num(meas / alloc)}")
     ok = (meas is None or meas < 0.95 * dev) and est["fits"]
-    verdict = f"within {dev:g} GB" if ok else (
-        f"above 95% of {dev:g} GB" if meas is not None and meas >= 0.95 * dev else "; ".join(est["problems"]))
+    verdict = f"within {num(dev)} GB" if ok else (
+        f"above 95% of {num(dev)} GB" if meas is not None and meas >= 0.95 * dev else "; ".join(est["problems"]))
     return [f"Memory vs preflight ({name})", "; ".join(parts), ("Pass" if ok else "Fail") + f" - {verdict}"]
+
+
+def _steps(pairs: list[tuple[int, float]]) -> str:
+    """`Step 1: 0.1201, Step 2: ...` (the first and last 5 of a long run)."""
+    show = pairs if len(pairs) <= 30 else pairs[:5] + [None] + pairs[-5:]
+    return ", ".join("..." if x is None else f"Step {x[0]}: {num(x[1])}" for x in show)
 
 
 def _grad_row(p: Params, c: Context) -> list | None:
@@ -255,23 +233,40 @@ def _grad_row(p: Params, c: Context) -> list | None:
     gn = [(s, float(g)) for s, g in gn if isinstance(g, (int, float))]
     if not gn:
         return None
-    vals = [g for _, g in gn]
-    finite = [g for g in vals if math.isfinite(g)]
+    finite = sorted(g for _, g in gn if math.isfinite(g))
     t = health.Thresholds()
     spikes = [f for f in c.findings if f.rule == "grad-norm spike"]
     limit = p.smoke.max_grad_norm
     bad = [s for s, g in gn if not math.isfinite(g) or g <= 0 or g > limit]
-    listing = ", ".join(f"Step {s}: {g:.3g}" for s, g in gn) if len(gn) <= 30 else (
-        ", ".join(f"Step {s}: {g:.3g}" for s, g in gn[:5]) + ", ... , "
-        + ", ".join(f"Step {s}: {g:.3g}" for s, g in gn[-5:]))
+    listing = _steps(gn)
     if finite:
-        srt = sorted(finite)
-        listing += f" (min {srt[0]:.3g}, median {srt[len(srt) // 2]:.3g}, max {srt[-1]:.3g})"
-    rule = f"finite, 0 < g <= {limit:g}, no step above {t.grad_norm_spike:g}x the median before it"
+        listing += f" (min {num(finite[0])}, median {num(finite[len(finite) // 2])}, max {num(finite[-1])})"
+    rule = f"finite, 0 < g <= {num(limit)}, no step above {num(t.grad_norm_spike)}x the median before it"
     ok = not bad and not spikes
-    why = rule if ok else (f"steps {', '.join(map(str, bad[:8]))} outside 0 < g <= {limit:g}" if bad
+    why = rule if ok else (f"steps {', '.join(map(str, bad[:8]))} outside 0 < g <= {num(limit)}" if bad
                            else spikes[0].evidence)
     return ["Grad norm (train)", listing, ("Pass" if ok else "Fail") + f" - {why}"]
+
+
+def _tracking_rows(c: Context) -> list[list]:
+    rec, rows = c.rec, []
+    if rec.get("mlflow_run_id") and "mlflow" in c.train.get("reached", {}):
+        uri = rec.get("mlflow_uri", "")
+        rows.append(["MLflow logging", f"run `{short_id(rec['mlflow_run_id'])}` in `{uri}` "
+                     f"(open: `mlflow ui --backend-store-uri {uri}`)", "Pass - metrics logged"])
+    if rec.get("wandb_run_id"):
+        if rec.get("wandb_mode") == "offline":
+            where = rec.get("wandb_dir", "wandb/offline-run-*")
+            try:
+                where = str(Path(where).relative_to(gitmeta.project_root(c.root)))
+            except ValueError:
+                pass
+            rows.append(["W&B logging", f"run `{rec['wandb_run_id']}` offline in `{where}` (not uploaded)",
+                         f"Offline - upload with `wandb sync {where}` (with WANDB_API_KEY set)"])
+        else:
+            rows.append(["W&B logging", f"run `{rec['wandb_run_id']}` ({rec.get('wandb_mode', 'online')})",
+                         "Pass - metrics logged"])
+    return rows
 
 
 def validation_rows(p: Params, c: Context) -> list[list]:
@@ -283,10 +278,10 @@ def validation_rows(p: Params, c: Context) -> list[list]:
         rows.append([f"Smoke test ({st['rule'].split()[-1]} steps)", f"`{p.smoke.output_dir}/checks.json`",
                      ("Pass" if st["pass"] else "Fail") + f" - {st['value']} steps completed"])
         m = checks["peak_memory_gb"]
-        rows.append(["Memory usage (smoke)", f"`max_memory_allocated_gb: {m['value']}` of {m['device_gb']} GB",
+        rows.append(["Memory usage (smoke)", f"`max_memory_allocated_gb: {num(m['value'])}` of {num(m['device_gb'])} GB",
                      "Pass" if m["pass"] else "Fail"])
         g = checks["grad_norm"]
-        rows.append(["Grad norm (smoke)", ", ".join(f"Step {i + 1}: {v:.3g}" for i, v in enumerate(g["value"])),
+        rows.append(["Grad norm (smoke)", _steps(list(enumerate(g["value"], 1))),
                      ("Pass" if g["pass"] else "Fail") + f" - {g['rule']}"])
         tr = checks.get("tracking_reached")
         if tr:
@@ -297,13 +292,7 @@ def validation_rows(p: Params, c: Context) -> list[list]:
     for name in ("smoke", "train"):
         if name in c.preflight:
             rows.append(_memory_row(name, c.preflight[name]))
-    tr = train.get("tracking", {})
-    if tr.get("mlflow_run_id") and "mlflow" in train.get("reached", {}):
-        rows.append(["MLflow logging", f"run `{tr['mlflow_run_id']}` in `{tr['mlflow_uri']}` "
-                     f"(open: `mlflow ui --backend-store-uri {tr['mlflow_uri']}`)", "Pass - metrics logged"])
-    if tr.get("wandb_run_id"):
-        rows.append(["W&B logging", f"run `{tr['wandb_run_id']}` ({train['reached'].get('wandb', '')})",
-                     "Pass - metrics logged"])
+    rows += _tracking_rows(c)
     rows += _unrecorded_rows(p, train)
     done, total = train.get("steps_done", 0), train.get("total_steps", 0)
     rows.append(["Training progress", f"{done}/{total} steps", "Pass" if total and done == total else "Fail"])
@@ -316,13 +305,19 @@ def validation_rows(p: Params, c: Context) -> list[list]:
                      "Pass - no finding" if not c.findings else
                      f"Fail - {len(c.findings)} finding(s): {', '.join(f.rule for f in c.findings)} (see Notes)"])
     if ev:
-        rows.append(["Validation score", ", ".join(f"`{k}` {v:.3f}" for k, v in ev.items()), "Pass - measured"])
+        rows.append(["Validation score", ", ".join(f"`{k}` {num(v)}" for k, v in ev.items()), "Pass - measured"])
     return rows
 
 
 def git_rows(c: Context) -> list[list]:
-    git, exp, rev = c.git, c.exp, c.rev
-    upstream = _git(c.root, "rev-parse", "--abbrev-ref", "--symbolic-full-name", "@{u}")
+    """The run's own commit, branch, changes and code (from its record); remote and push state now."""
+    git, exp, rec = c.git, c.exp, c.rec
+    upstream = ""
+    if c.repo is not None:
+        try:
+            upstream = c.repo.git.rev_parse("--abbrev-ref", "--symbolic-full-name", "@{u}")
+        except Exception:
+            pass
     if git["ahead"] != "":
         n = int(git["ahead"])
         push = ("Yes" if n == 0 else "No") + f" ({n} commit{'s' if n != 1 else ''} ahead of `{upstream or git['remote']}`)"
@@ -332,22 +327,37 @@ def git_rows(c: Context) -> list[list]:
         push = "No (no git remote)"
     else:
         push = f"No (`{git['branch']}` has no upstream on `{git['remote']}`: `git push -u {git['remote']} {git['branch']}`)"
-    return [
-        ["Commit", f"`{git['commit_short']}`" + (" (dirty)" if git["dirty"] == "true" else "")],
-        ["Branch", f"`{git['branch']}`"], ["Remote", f"`{git['remote'] or '(none)'}` {git['remote_url']}"],
-        ["Push", push],
-        ["DVC experiment", f"`{exp}` (baseline `{rev[:7]}`)" if exp else "(workspace run)"]]
+    base = f"`{c.commit[:7]}`"
+    if exp:
+        ref = f"refs/exps/{c.commit[:2]}/{c.commit[2:]}/{exp}"
+        commit = (f"`{c.exp_commit[:7]}` (DVC experiment `{exp}`, on baseline {base})" if c.exp_commit else
+                  f"DVC experiment `{exp}` on baseline {base}: DVC commits it when the run ends "
+                  f"(`git rev-parse {ref}`)")
+        dirty = "No (the experiment's commit holds its changes)"
+    else:
+        commit = base
+        changes = rec.get("changes") if rec else ", ".join(git["changes"])
+        dirty = f"Yes: {changes}" if changes else "No (only the pipeline's outputs changed)"
+    code = rec.get("code") or {}
+    code_txt = (f"`{code.get('path')}` sha256 {code.get('sha256')}" +
+                ("" if code.get("from_tree", True) else " (not this tree's src/: an installed grpolab ran)")) \
+        if code else "(not recorded)"
+    return [["Commit", commit], ["Uncommitted changes", dirty],
+            ["Branch", f"`{rec.get('branch') or git['branch']}`"], ["Code", code_txt],
+            ["Remote", f"`{git['remote'] or '(none)'}` {git['remote_url']}"], ["Push", push],
+            ["DVC experiment", f"`{exp}` (baseline `{c.rev[:7]}`)" if exp else "(workspace run)"]]
 
 
 def params_per_gpu_note(p: Params, c: Context) -> str | None:
-    """The seed's "0.6B/4GPU = 150M params/GPU vs 1.5B/8GPU = 187.5M params/GPU" line."""
+    """The seed's "0.6B/4GPU = 150M params/GPU vs 1.5B/8GPU = 187.5M params/GPU" line (per CPU
+    process on a CPU run)."""
     from .preflight import param_count
 
     n = param_count(p.model.local_dir)
     if not n:
         return None
-    ws = p.world_size
-    line = f"{_size(n)}/{ws}GPU = {_size(n / ws)} params/GPU"
+    ws, u = p.world_size, c.unit
+    line = f"{_size(n)}/{ws} {u} = {_size(n / ws)} params/{u}"
     b = c.base
     if not b:
         return line + "."
@@ -357,11 +367,11 @@ def params_per_gpu_note(p: Params, c: Context) -> str | None:
     if same_model and bws == ws:
         return line + " (same as the baseline)."
     if not nb:
-        return line + f"; baseline `{b.get('model.path')}` on {bws} GPU (its config.json is not here to count)."
+        return line + f"; baseline `{b.get('model.path')}` on {bws} {u} (its config.json is not here to count)."
     per, bper = n / ws, nb / bws
     room = "more" if per < bper else "less" if per > bper else "the same"
-    return (f"{line} vs baseline {_size(nb)}/{bws}GPU = {_size(bper)} params/GPU, so {room} memory "
-            f"headroom per GPU.")
+    return (f"{line} vs baseline {_size(nb)}/{bws} {u} = {_size(bper)} params/{u}, so {room} memory "
+            f"headroom per {u}.")
 
 
 def notes(p: Params, c: Context) -> list[str]:
@@ -373,19 +383,18 @@ def notes(p: Params, c: Context) -> list[str]:
     if tr:
         e = tr["estimate"]
         t = e["tokens"]
-        out.append(f"Pre-flight for this recipe on {tr['device_gb']:g} GB ({tr['device']}): "
-                   f"{e['peak_gb']:.3g} GB peak per GPU ({'fits' if e['fits'] else 'does not fit'}); up to "
-                   f"{t['max_per_step']:,} tokens per step ({t['max_per_step_per_gpu']:,.0f} per GPU). "
-                   f"`grpolab preflight --device-memory-gb 80` checks the GPU recipe before a run.")
+        out.append(f"Pre-flight for this recipe on {num(tr['device_gb'])} GB ({tr['device']}): "
+                   f"{num(e['peak_gb'])} GB peak per {c.unit} ({'fits' if e['fits'] else 'does not fit'}); up to "
+                   f"{num(t['max_per_step'])} tokens per step ({num(t['max_per_step_per_gpu'])} per {c.unit}). "
+                   f"`grpolab preflight --device-memory-gb 80` checks a recipe against 80 GB devices before a run.")
     for f in c.findings:
         out.append(f"**{f.rule}**: {f.evidence}. {f.advice[:1].upper() + f.advice[1:]}. Next: `{f.command}`")
     if not c.findings and c.hist:
         out.append(f"No health issue found over {len(c.hist)} steps ({', '.join(health.RULES)} checked).")
-    if c.hist:
-        sc = [(i + 1, h["critic/score/mean"]) for i, h in enumerate(c.hist) if "critic/score/mean" in h]
-        if sc:
-            best = max(sc, key=lambda x: x[1])
-            out.append(f"Best `critic/score/mean` {best[1]:.3f} at step {best[0]} (final {sc[-1][1]:.3f}).")
+    sc = [(i + 1, h["critic/score/mean"]) for i, h in enumerate(c.hist) if "critic/score/mean" in h]
+    if sc:
+        best = max(sc, key=lambda x: x[1])
+        out.append(f"Best `critic/score/mean` {num(best[1])} at step {best[0]} (final {num(sc[-1][1])}).")
     return out
 
 
@@ -416,95 +425,19 @@ def plot_curves(hist: list[dict], path: Path, title: str) -> bool:
     return True
 
 
-def write(p: Params, root: Path, reports_dir: Path = Path("reports"), date: str | None = None) -> Path:
-    date = date or dt.date.today().isoformat()
+def write(p: Params, root: Path, reports_dir: Path = Path("reports"), date: str | None = None) -> tuple[Path, dict]:
+    """Write the report of the run whose summary is in this tree, to that run's own file; refresh the
+    index and progress. Returns (path, the run's record)."""
     reports_dir.mkdir(parents=True, exist_ok=True)
-    path = reports_dir / report_name(p, date)
+    record = _read_json(Path(p.trainer.output_dir) / "summary.json").get("tracking") or {}
+    if not record:  # no train run here (or one from before records): name it from the environment
+        record = {"dvc_exp_name": gitmeta.dvc_info()["dvc_exp_name"]}
+    path = diary.claim(reports_dir, diary.file_name(p, record, date), record,
+                       warn=lambda m: print(f"[grpolab] warning: {m}"))
     hist = _read_json(Path(p.trainer.output_dir) / "summary.json").get("history", [])
     png = path.with_suffix(".png")
     plotted = plot_curves(hist, png, path.stem)
     path.write_text(build(p, root, date, png.name if plotted else None))
-    write_progress(p, reports_dir)
-    write_index(reports_dir)
-    return path
-
-
-def write_index(reports_dir: Path) -> Path:
-    entries = []
-    for f in reports_dir.glob("*.md"):
-        if f.name in SKIP_INDEX:
-            continue
-        first = f.read_text().splitlines()[0] if f.stat().st_size else f.name
-        entries.append((f.stat().st_mtime, f.name, first.lstrip("# ")))
-    entries.sort(key=lambda e: (e[1][:10], e[0]), reverse=True)
-    lines = ["# Experiment reports (newest first)", ""]
-    lines += [f"- [{title}]({name})" for _, name, title in entries]
-    if (reports_dir / "progress.md").exists():
-        lines += ["", "Best result of every run: [progress.md](progress.md)"]
-    idx = reports_dir / "index.md"
-    idx.write_text("\n".join(lines) + "\n")
-    return idx
-
-
-# --------------------------------------------------------------------------------------------------
-def progress_rows(p: Params, reports_dir: Path) -> list[dict]:
-    """One row per MLflow train run of this store: best / final score, validation, its report."""
-    from .tracking import mlflow_uri
-
-    uri = mlflow_uri(p, gitmeta.project_root())
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        return []
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    ids = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(ids, filter_string="tags.`grpolab.stage` = 'train'", max_results=5000,
-                              order_by=["attribute.start_time DESC"]) if ids else []
-    rows = []
-    for r in runs:
-        tags = r.data.tags
-        hist = sorted({m.step: m.value for m in client.get_metric_history(r.info.run_id, health.SCORE)}.items())
-        best = max(hist, key=lambda x: x[1]) if hist else None
-        vals = {k: v for k, v in r.data.metrics.items() if k.startswith(health.VAL_PREFIX)}
-        started = dt.datetime.fromtimestamp(r.info.start_time / 1000)
-        name = tags.get("grpolab.exp_name", "") + (f"-{tags['dvc.exp_name']}" if tags.get("dvc.exp_name") else "")
-        rep = reports_dir / f"{started.date().isoformat()}-{name}.md"
-        rows.append({
-            "run": r.info.run_id, "started": started.isoformat(timespec="minutes"), "status": r.info.status,
-            "exp": tags.get("dvc.exp_name") or "(workspace)", "exp_name": tags.get("grpolab.exp_name", ""),
-            "commit": tags.get("git.commit_short", ""), "steps": hist[-1][0] if hist else 0,
-            "best": best, "final": hist[-1][1] if hist else None, "val": vals,
-            "report": rep.name if rep.exists() else "",
-        })
-    return rows
-
-
-def write_progress(p: Params, reports_dir: Path) -> Path | None:
-    """`reports/progress.md`: every train run's best result, newest first (from MLflow)."""
-    try:
-        rows = progress_rows(p, reports_dir)
-    except Exception as exc:  # the report itself is written; progress is best effort
-        print(f"[grpolab] warning: progress.md not updated: {type(exc).__name__}: {exc}")
-        return None
-    lines = ["# Progress: best result of every training run (newest first)", "",
-             "From the MLflow store's train runs; best = highest `critic/score/mean` over steps. "
-             "Validation columns are the run's last value (`@` is stored as `_at_`).", ""]
-    val_keys = sorted({k for r in rows for k in r["val"]})
-    header = ["Started", "Experiment", "DVC exp", "Commit", "Status", "Steps", "Best score (step)",
-              "Final score", *[f"`{k}`" for k in val_keys], "Report", "MLflow run"]
-    body = []
-    for r in rows:
-        body.append([r["started"], r["exp_name"], r["exp"], f"`{r['commit']}`", r["status"], r["steps"],
-                     f"{r['best'][1]:.3f} ({r['best'][0]})" if r["best"] else "-",
-                     f"{r['final']:.3f}" if r["final"] is not None else "-",
-                     *[f"{r['val'][k]:.3f}" if k in r["val"] else "-" for k in val_keys],
-                     f"[{r['report']}]({r['report']})" if r["report"] else "-", f"`{r['run'][:8]}`"])
-    lines.append(_table(header, body) if body else "No MLflow train runs recorded yet.")
-    if body:
-        top = max((r for r in rows if r["best"]), key=lambda r: r["best"][1], default=None)
-        if top:
-            lines += ["", f"Best so far: {top['exp_name']} `{top['exp']}` with `critic/score/mean` "
-                          f"{top['best'][1]:.3f} at step {top['best'][0]} (run `{top['run'][:8]}`)."]
-    path = reports_dir / "progress.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    diary.write_progress(p, reports_dir)
+    diary.write_index(reports_dir)
+    return path, record

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from . import data, models
 from .config import Params
+from .pipeline import params_fingerprint
 from .tracking import Tracker
 
 console = Console(stderr=True, soft_wrap=True)
@@ -71,18 +73,6 @@ def _progress() -> tuple[Progress, callable]:
     return prog, update
 
 
-def params_fingerprint(p: Params) -> str:
-    """What a checkpoint must share with this run to be resumed (not request/tracking/smoke)."""
-    import hashlib
-
-    d = p.model_dump(mode="json")
-    for k in ("request", "tracking", "smoke", "val", "n_gpus_per_node", "nnodes", "exp_name"):
-        d.pop(k, None)  # the world size is checked on its own, with advice
-    d["trainer"] = {k: v for k, v in d["trainer"].items()
-                    if k in ("output_dir", "device")}
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def checkpoint_home(p: Params) -> Path:
     """This run's checkpoint folder: one per params fingerprint, outside DVC's outputs."""
     from .checkpoint import home
@@ -109,14 +99,29 @@ def run_training(p: Params, stage: str, dvclive: bool) -> dict:
         trainer.log_fn = tracker.log
     trainer.fingerprint = fp
     ok = False
+    entry = _diary(p, trainer, tracker) if stage == "train" and tracker is not None else None
     try:
         if trainer.ctx.main:
-            prog, trainer.progress = _progress()
+            prog, update = _progress()
+
+            def progress(step, total, m):
+                update(step, total, m)
+                if entry:
+                    entry("running", step, total)
+            trainer.progress = progress
+            if entry:
+                entry("running", trainer.step, trainer.total_steps())
             with prog:
                 res = trainer.fit()
         else:
             res = trainer.fit()
         ok = True
+        if entry:
+            entry("trained", trainer.step, trainer.total_steps())
+    except BaseException as exc:
+        if entry:
+            entry("failed", trainer.step, trainer.total_steps(), f"{type(exc).__name__}: {exc}")
+        raise
     finally:
         if tracker is not None:
             tracker.close(ok)
@@ -130,6 +135,19 @@ def run_training(p: Params, stage: str, dvclive: bool) -> dict:
         "world_size": trainer.ctx.world, "skipped_rows": trainer.skipped,
         "samples": getattr(trainer, "samples", []),
     }
+
+
+def _diary(p: Params, trainer, tracker):
+    """The report-index entry of a run in progress: `entry(status, step, total, error)` rewrites it
+    (running at every step, failed with the last step reached); the report stage replaces it."""
+    from . import diary
+
+    def entry(status: str, step: int, total: int, error: str = "") -> None:
+        try:
+            diary.write_status(p, tracker.ids(), status, step, total, error)
+        except Exception as exc:  # the diary must never stop training
+            console.print(f"[yellow]warning[/]: report entry not updated: {exc}")
+    return entry
 
 
 def check_engine(p: Params) -> None:
@@ -172,11 +190,11 @@ def smoke_checks(p: Params, summary: dict) -> dict:
                             "rule": f"== {p.trainer.total_training_steps}"},
         "grad_norm": {"value": gns, "pass": bool(gns) and all(
             math.isfinite(g) and 0 < g <= p.smoke.max_grad_norm for g in gns),
-            "rule": f"finite, 0 < g <= {p.smoke.max_grad_norm}"},
+            "rule": f"finite, 0 < g <= {p.smoke.max_grad_norm:g}"},
         "peak_memory_gb": {"value": round(peak, 3), "device_gb": round(mem, 1),
                            "pass": peak < 0.95 * mem, "rule": "< 95% of device memory"},
         "tracking_reached": {"value": sorted(summary["reached"]), "pass": want <= set(summary["reached"]),
-                             "rule": f"includes {sorted(want)}"},
+                             "rule": "includes " + (", ".join(sorted(want)) or "nothing")},
     }
     return checks
 
@@ -195,10 +213,20 @@ def smoke(p: Params) -> None:
     (Path(sp.trainer.output_dir) / "summary.json").unlink(missing_ok=True)
     launch.run(sp, "smoke", smoke_body)
     checks = json.loads((Path(sp.trainer.output_dir) / "summary.json").read_text())["checks"]
-    failed = [f"{k}: {c['value']} (rule {c['rule']})" for k, c in checks.items() if not c["pass"]]
+    failed = [f"{k}: {_shown(c['value'])} (rule {c['rule']})" for k, c in checks.items() if not c["pass"]]
     if failed:
         raise StageFailed("smoke test failed:\n  " + "\n  ".join(failed))
-    console.print("[green]smoke passed[/]: " + ", ".join(f"{k}={c['value']}" for k, c in checks.items()))
+    console.print("[green]smoke passed[/]: " + ", ".join(f"{k} {_shown(c['value'])}" for k, c in checks.items()),
+                  highlight=False)
+
+
+def _shown(v) -> str:
+    """A value for a log line: numbers to 4 significant digits, lists joined, never a Python repr."""
+    if isinstance(v, (list, tuple)):
+        return ", ".join(map(_shown, v)) or "none"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
 
 
 def smoke_body(sp: Params) -> None:
@@ -273,35 +301,47 @@ def evaluate(p: Params) -> dict:
 
 
 def write_report(p: Params) -> Path:
-    """Write this experiment's delivery report and refresh the index; attach it to the MLflow run."""
-    from . import gitmeta, report
+    """Write the delivery report of the run whose results are here (its record, not the workspace's
+    name) and refresh the index; make it that MLflow run's description."""
+    from . import diary, gitmeta, report
 
-    root = Path.cwd()
-    path = report.write(p, root, Path(p.tracking.reports_dir))
-    console.print(f"[bold]report[/]: {path}")
-    attach_report(p, path, gitmeta.project_root())
+    path, record = report.write(p, Path.cwd(), Path(p.tracking.reports_dir))
+    who = diary.describe_run(record)
+    console.print(f"[bold]report[/]: wrote {path} ({who}) and refreshed "
+                  f"{Path(p.tracking.reports_dir) / 'index.md'}", highlight=False)
+    if attach_report(p, path, gitmeta.project_root(), record.get("mlflow_run_id")):
+        console.print(f"  MLflow run {record['mlflow_run_id'][:8]}: description and report artifact updated",
+                      highlight=False)
     return path
 
 
-def attach_report(p: Params, path: Path, root: Path) -> None:
-    """Make the report the train run's MLflow description and store it (and params) as artifacts."""
-    summary = json.loads((Path(p.trainer.output_dir) / "summary.json").read_text()) \
-        if (Path(p.trainer.output_dir) / "summary.json").exists() else {}
-    run_id = summary.get("tracking", {}).get("mlflow_run_id")
+def attach_report(p: Params, path: Path, root: Path, run_id: str | None) -> bool:
+    """Make the report the described run's MLflow description and store it (and params) as
+    artifacts under their own names (a rewrite replaces them)."""
     if not (p.tracking.mlflow and run_id):
-        return
+        return False
     try:
         from mlflow.tracking import MlflowClient
 
         from .tracking import mlflow_uri
 
         client = MlflowClient(mlflow_uri(p, root))
-        client.set_tag(run_id, "mlflow.note.content", path.read_text())
+        from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+
+        # the same markdown without the tables' alignment padding (MLflow keeps 8000 characters)
+        text = "\n".join(re.sub(r"-{3,}", "---", ln) if set(ln) <= set("|-: ") else re.sub(r" {2,}(?=\|)", " ", ln)
+                         for ln in path.read_text().splitlines()) + "\n"
+        tail = f"\n\n(cut here: the whole report is this run's artifact `{path.name}`)\n"
+        if len(text) > MAX_TAG_VAL_LENGTH:  # MLflow would cut it silently
+            text = text[:MAX_TAG_VAL_LENGTH - len(tail)] + tail
+        client.set_tag(run_id, "mlflow.note.content", text)
         for f in (path, Path("params.yaml"), Path("dvc.lock")):
             if f.exists():
                 client.log_artifact(run_id, str(f))
+        return True
     except Exception as exc:  # the report itself is written; the record is best effort
         console.print(f"[yellow]warning[/]: report not attached to MLflow run {run_id}: {exc}")
+        return False
 
 
 BODIES = {"smoke": smoke_body, "train": train_body}

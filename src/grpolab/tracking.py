@@ -7,18 +7,22 @@
 - W&B: online when `WANDB_API_KEY` is set (or `tracking.wandb_key_file` names a file holding it),
   offline otherwise; off with `tracking.wandb: false`. The key is never written anywhere by us.
 
-Every backend gets the same params (flattened `a.b` names) and git/DVC tags (`grpolab.gitmeta`).
-A backend that fails to start is reported and skipped; training goes on.
+Every backend gets the same params (flattened `a.b` names), git/DVC tags (`grpolab.gitmeta`) and the
+code the run executes (`grpolab.code_path`, `grpolab.code_sha256`: `grpolab.pipeline.code_record`).
+A backend that fails to start is reported and skipped; training goes on. `Tracker.ids()` is the run's
+record (ids, start date, experiment, commit, code), kept in checkpoints and summaries; reports are
+named and matched by it. MLflow artifacts of a SQLite store go to `<root>/mlartifacts` (git-ignored).
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from . import gitmeta, mlflow_runs, wandb_key
+from . import gitmeta, mlflow_runs, pipeline, wandb_key
 from .config import Params, flatten_params
 
 
@@ -44,10 +48,14 @@ class Tracker:
         self.p, self.stage, self.resume = p, stage, resume or {}
         self.done = {"dvclive": 0, "mlflow": 0, "wandb": 0}  # last step each backend already holds
         self.root = root or gitmeta.project_root()
-        self.tags = gitmeta.run_tags(self.root if not os.environ.get("DVC_ROOT") else os.getcwd())
-        self.tags.update({"grpolab.stage": stage, "grpolab.exp_name": p.exp_name})
+        here = self.root if not os.environ.get("DVC_ROOT") else Path.cwd()
+        self.tags = gitmeta.run_tags(here, ignore=pipeline.output_paths(p))
+        self.code = pipeline.code_record()
+        self.tags.update({"grpolab.stage": stage, "grpolab.exp_name": p.exp_name,
+                          "grpolab.code_path": self.code["path"], "grpolab.code_sha256": self.code["sha256"]})
         exp = self.tags.get("dvc.exp_name") or ""
         self.run_name = f"{p.exp_name}-{exp}-{stage}" if exp else f"{p.exp_name}-{stage}"
+        self.started = self.resume.get("started") or dt.date.today().isoformat()
         self.params = flatten_params(p.model_dump(mode="json"))
         self.live = self.mlflow_run = self.wandb_run = None
         self.pending: list[tuple[dict, int]] = []  # MLflow steps not yet accepted by the server
@@ -79,8 +87,8 @@ class Tracker:
 
             uri = mlflow_uri(self.p, self.root)
             mlflow.set_tracking_uri(uri)
-            exp = mlflow.set_experiment(self.p.project_name)
             self.mlflow_client = client = mlflow.tracking.MlflowClient()  # one for the run's lifetime
+            exp = self._mlflow_experiment(mlflow, uri)
             mlflow_runs.mark_dead_runs(client, exp.experiment_id, warn)
             params = {k: str(v)[:6000] for k, v in self.params.items()}
             run_id = self.resume.get("mlflow_run_id")
@@ -97,13 +105,22 @@ class Tracker:
                     warn(f"MLflow: {why}; recording in a new run linked to it (tag mlflow.parentRunId)")
                     tags.update({"mlflow.parentRunId": run_id, "grpolab.resumed_from_run": run_id})
                 self.mlflow_run = mlflow.start_run(run_name=self.run_name, tags=tags)
-            items = list(params.items())
-            for i in range(0, len(items), 90):
-                mlflow.log_params(dict(items[i:i + 90]))
+            mlflow.log_params(params)  # MLflow batches (100 a call) itself
             self.reached["mlflow"] = f"{uri} run {self.mlflow_run.info.run_id}"
         except Exception as exc:
             warn(f"MLflow not recording ({type(exc).__name__}: {exc})")
             self.mlflow_run = None
+
+    def _mlflow_experiment(self, mlflow, uri: str):
+        """The project's MLflow experiment; one created here in a SQLite store keeps its artifacts in
+        `<root>/mlartifacts` (git-ignored), not in a `mlruns/` beside wherever the stage runs."""
+        name = self.p.project_name
+        if uri.startswith("sqlite:///") and self.mlflow_client.get_experiment_by_name(name) is None:
+            try:
+                self.mlflow_client.create_experiment(name, artifact_location=(self.root / "mlartifacts").as_uri())
+            except Exception:  # created meanwhile by a parallel run
+                pass
+        return mlflow.set_experiment(name)
 
     def _open_wandb(self) -> None:
         key = os.environ.get("WANDB_API_KEY", "")
@@ -201,13 +218,23 @@ class Tracker:
             except Exception as exc:
                 warn(f"MLflow artifact {path} not stored: {exc}")
 
-    def ids(self) -> dict[str, str]:
-        out = {"run_name": self.run_name}
+    def ids(self) -> dict:
+        """This run's record: what produced it and where its records are."""
+        t = self.tags
+        out = {"run_name": self.run_name, "started": self.started, "exp_name": self.p.exp_name,
+               "dvc_exp_name": t.get("dvc.exp_name", ""), "baseline_rev": t.get("dvc.exp_baseline_rev", ""),
+               "commit": t.get("git.commit", ""), "branch": t.get("git.branch", ""),
+               "dirty": t.get("git.dirty", ""), "changes": t.get("git.changes", ""), "code": self.code}
         if self.mlflow_run is not None:
             out["mlflow_run_id"] = self.mlflow_run.info.run_id
             out["mlflow_uri"] = mlflow_uri(self.p, self.root)
         if self.wandb_run is not None:
             out["wandb_run_id"] = self.wandb_run.id
+            out["wandb_mode"] = self.reached.get("wandb", "").split(" ")[0]
+            try:  # an offline run is synced from this folder
+                out["wandb_dir"] = str(Path(self.wandb_run.settings.sync_dir).resolve())
+            except Exception:
+                pass
         return out
 
     def close(self, ok: bool = True) -> None:

@@ -11,7 +11,9 @@ import traceback
 
 def main(argv: list[str] | None = None) -> int:
     from . import config, dist, stages
+    from .cli import quiet_logs
 
+    quiet_logs()
     stage, params_path = (argv if argv is not None else sys.argv[1:])[:2]
     os.environ.setdefault("GRPOLAB_WORKER", "torchrun")
     try:

@@ -1,0 +1,109 @@
+"""What DVC reruns and which code a stage runs: dvc.yaml's deps and params (the one definition the
+resume fingerprint is built from), the stage scripts running their own tree's src/, and, with real
+DVC on a real workspace, `dvc status` seeing a module edit and `model.*` / `data.*` changes."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import ROOT, sh
+
+from grpolab import pipeline
+from grpolab.config import Params
+
+STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def test_every_stage_depends_on_the_whole_package_and_runs_it():
+    for name, st in STAGES.items():
+        assert {"src/grpolab", "pipelines"} <= set(st["deps"]), name
+        assert st["cmd"] == f"python pipelines/{name}.py", name
+        lines = (ROOT / "pipelines" / f"{name}.py").read_text().splitlines()
+        imports = [ln for ln in lines if ln.startswith(("import ", "from "))]
+        assert imports[0].startswith("import _tree_src"), (name, imports)  # before grpolab is imported
+
+
+def test_train_reads_every_group_that_shapes_its_result():
+    train = set(pipeline.stage_params("train"))
+    groups = {"model", "data", "rollout", "val", "trainer", "tracking"}
+    assert groups <= train, groups - train
+    scalars = {k for k, f in Params.model_fields.items() if k not in ("model", "data", "rollout", "val", "trainer",
+                                                                      "smoke", "tracking", "health")}
+    labels = {"request", "exp_name", "project_name"}  # change no result: the report stage reads them
+    assert scalars - labels <= train, (scalars - labels) - train
+    assert set(pipeline.stage_params("smoke")) == train | {"smoke"}
+    assert pipeline.stage_params("report") == ["*"]
+
+
+def test_fingerprint_is_built_from_the_train_stage_params(tmp_path):
+    p = Params()
+    fp = pipeline.params_fingerprint(p)
+    for key, value in (("model", {"path": "other"}), ("data", {"shuffle": False}), ("lr", 1e-5),
+                       ("rollout", {"hf_prompts_per_call": 2})):
+        assert pipeline.params_fingerprint(p.model_copy(update={key: value} if not isinstance(value, dict) else
+                                                         {key: getattr(p, key).model_copy(update=value)})) != fp, key
+    same = p.model_copy(update={"request": "why", "trainer": p.trainer.model_copy(update={"total_training_steps": 9}),
+                                "tracking": p.tracking.model_copy(update={"wandb": False}),
+                                "health": p.health.model_copy(update={"window": 9})})
+    assert pipeline.params_fingerprint(same) == fp  # may change between a checkpoint and its resume
+    # one definition: drop `data` from dvc.yaml's train params and the fingerprint stops seeing it
+    d = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    d["stages"]["train"]["params"] = [k for k in d["stages"]["train"]["params"] if k != "data"]
+    f = tmp_path / "dvc.yaml"
+    f.write_text(yaml.safe_dump(d))
+    no_data = p.model_copy(update={"data": p.data.model_copy(update={"shuffle": False})})
+    assert pipeline.params_fingerprint(no_data, f) == pipeline.params_fingerprint(p, f)
+    with pytest.raises(pipeline.PipelineError, match="no stage 'nope'"):
+        pipeline.stage_params("nope")
+
+
+def test_stage_script_imports_its_own_trees_src(tmp_path):
+    """A copy of the tree whose src differs runs its own src (and hands it to child processes)."""
+    tree = tmp_path / "tree"
+    shutil.copytree(ROOT / "pipelines", tree / "pipelines")
+    shutil.copytree(ROOT / "src" / "grpolab", tree / "src" / "grpolab", ignore=shutil.ignore_patterns("__pycache__"))
+    (tree / "src" / "grpolab" / "__init__.py").write_text('__version__ = "tree-copy"\n')
+    probe = ("import runpy, subprocess, sys; runpy.run_path('pipelines/_tree_src.py'); import grpolab; "
+             "print(grpolab.__version__, grpolab.__file__); "
+             "print(subprocess.run([sys.executable, '-c', 'import grpolab; print(grpolab.__version__)'], "
+             "capture_output=True, text=True, cwd='/').stdout)")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tree, capture_output=True, text=True, check=True).stdout
+    assert out.split()[:2] == ["tree-copy", str(tree / "src" / "grpolab" / "__init__.py")], out
+    assert out.split()[2] == "tree-copy", out  # a rank started by torchrun/Ray gets the same code
+    rec = pipeline.code_record(tree / "src" / "grpolab")
+    assert rec["sha256"] != pipeline.code_record()["sha256"] and len(rec["sha256"]) == 12
+
+
+@pytest.mark.e2e
+@pytest.mark.xdist_group("reportws")
+def test_dvc_status_sees_module_edits_and_model_data_params(shared):
+    """Real DVC on the shared workspace: an edit to a module the train stage runs (logprobs.py), or a
+    `model.*` / `data.*` param that leaves download/data outputs unchanged, marks train changed."""
+    ws, env, logs = shared["ws"], shared["env"], {}
+
+    def changed() -> dict:
+        out = sh([sys.executable, "-m", "dvc", "status", "--json"], ws, env, logs, "status").stdout
+        return yaml.safe_load(out) or {}
+
+    assert "train" not in changed()
+    mod, params = ws / "src" / "grpolab" / "logprobs.py", ws / "params.yaml"
+    saved = {f: f.read_bytes() for f in (mod, params)}
+    try:
+        mod.write_text(mod.read_text() + "\n# an edit\n")
+        st = changed()
+        assert "'src/grpolab': 'modified'" in str(st.get("train")), st
+        mod.write_bytes(saved[mod])
+        for key, value in (("model", ("gradient_checkpointing", True)), ("data", ("shuffle", False))):
+            d = yaml.safe_load(saved[params])
+            d[key][value[0]] = value[1]
+            params.write_text(yaml.safe_dump(d, sort_keys=False))
+            st = changed()
+            assert f"'{key}': 'modified'" in str(st.get("train")), (key, st)  # the group train reads
+            params.write_bytes(saved[params])
+        assert "train" not in changed()
+    finally:
+        for f, b in saved.items():
+            f.write_bytes(b)
