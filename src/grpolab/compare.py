@@ -79,12 +79,14 @@ def dvc_experiments(root: Path, all_commits: bool = False) -> list[Exp]:
 
 
 # `grpolab exps`: the columns of `dvc exp show` that experiments are compared on. Params show only
-# where they differ; these metrics always; per-step detail, timings, smoke checks and code hashes never.
-KEEP_COLUMNS = r"^(critic\.score\.mean|actor\.entropy|response_length\.mean|response_length\.clip_ratio|step|val-core/.*)$"
-DROP_COLUMNS = (r"^(steps_completed|peak_memory_gb|passed|grad_norm_step\d+|batch\.valid|actor\.(pg_loss|ppo_kl|"
-                r"pg_clipfrac.*|kl_loss|grad_norm_max|lr)|critic\.(score\.(max|min)|advantages\..*)|"
-                r"response_length\.max|training\..*|timing_s\..*|perf\..*|reward\..*|val-core\..*|request|"
-                r".*(_dir|_files|manifest)|src/.*|pipelines|data|models/.*|results/.*)$")
+# where they differ; of the metrics (every namespace of grpolab.metrics, smoke checks, validation)
+# only these key ones; never code/data hashes or metric files as deps.
+KEEP_COLUMNS = (r"^(critic\.score\.mean|actor\.entropy|response_length\.mean|response_length\.clip_ratio|step|"
+                r"val-core/[^/]+/[^/]+/acc/mean@\d+)$")
+DROP_COLUMNS = (r"^((actor|critic|batch|response_length|prompt_length|timing_s|timing_per_token_ms|perf|reward|"
+                r"training|rollout|val-core|val-aux|global_step)([./].*)?|steps_completed|peak_memory_gb|passed|"
+                r"grad_norm_step\d+|request|.*(_dir|_files|manifest|\.json)|src/.*|pipelines|data|models/.*|"
+                r"results/.*|dvclive/.*)$")
 
 
 def exp_show_args(all_commits: bool = False, md: bool = False) -> list[str]:
