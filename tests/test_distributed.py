@@ -142,8 +142,8 @@ def test_failed_run_leaves_a_failed_entry_with_its_last_step(tmp_path, base):
     """A run that stops on an error (here: its step-2 checkpoint cannot be written) has its report
     entry marked failed, with the step reached and the error, and listed in the index."""
     ws = workspace(tmp_path / "ws", base, trainer={"total_training_steps": 4, "save_freq": 1})
-    (ws / "results/train/checkpoints").mkdir(parents=True)
-    (ws / "results/train/checkpoints/global_step_2.tmp").write_text("in the way\n")
+    ckpt_root(ws).mkdir(parents=True)
+    (ckpt_root(ws) / "global_step_2.tmp").write_text("in the way\n")
     r = train(ws, check=False)
     assert r.returncode != 0
     entry, = [f for f in (ws / "reports").glob("*.md") if f.name != "index.md"]

@@ -56,7 +56,8 @@ def repo(tmp_path, monkeypatch):
               "changes": ", ".join(info["changes"]), "mlflow_run_id": "a" * 32, "mlflow_uri": "sqlite:///x.db",
               "code": {"path": "src/grpolab", "sha256": "0123456789ab", "from_tree": True}}
     (tmp_path / "results/train/summary.json").write_text(json.dumps(
-        {"steps_done": 2, "total_steps": 2, "history": hist, "device": "cpu", "tracking": record}))
+        {"steps_done": 2, "total_steps": 2, "history": hist, "device": "cpu", "tracking": record,
+         "reached": {"mlflow": "sqlite:///x.db run " + "a" * 32}}))
     (tmp_path / "results/eval/metrics.json").write_text(json.dumps({"val-core/toy/add/acc/mean@2": 0.0625}))
     return tmp_path, p, record
 
