@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_report import BIN, _sh, shared_workspace
+from conftest import BIN, shared_workspace
+from conftest import sh as _sh
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("reportws")]  # reuses the shared workspace
 
