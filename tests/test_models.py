@@ -73,13 +73,15 @@ def test_download_stage_local_dir_passes_dvc_and_ctrl_c_is_one_line(tmp_path):
     import sys
     from pathlib import Path
 
-    from grpolab.demo import DEMO_OVERRIDES, deep_update, make_workspace, project_root
+    from conftest import DEMO_OVERRIDES, make_workspace
+
+    from grpolab.demo import project_root
 
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
     env.pop("DVC_ROOT", None)
     ws = tmp_path / "ws"
-    make_workspace(ws, project_root(), deep_update(copy.deepcopy(DEMO_OVERRIDES), {}))
+    make_workspace(ws, project_root(), copy.deepcopy(DEMO_OVERRIDES))
     for args in (["git", "init", "-q"], ["dvc", "init", "-q"]):
         subprocess.run(args, cwd=ws, env=env, check=True)
     proc = subprocess.Popen([sys.executable, "pipelines/download.py"], cwd=ws, env=env, text=True,

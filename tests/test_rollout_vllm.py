@@ -7,8 +7,9 @@ from collections import defaultdict
 import pytest
 import torch
 
+from conftest import DEMO_OVERRIDES
+
 from grpolab import algo, config, models, validation
-from grpolab.demo import DEMO_OVERRIDES
 from grpolab.rollout import (HFEngine, Rollout, Sampling, engine_errors, logprob_gap, make_engine,
                              padded_logprobs, response_seed)
 from grpolab.rollout_vllm import (Completion, VLLMEngine, WeightSyncError, buckets, compare_checksums,
