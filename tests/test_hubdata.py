@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from grpolab import config, data, hubdata
-from grpolab.models import sha256
+from grpolab.util import sha256_file as sha256
 
 HUB = Path(__file__).parent / "data" / "hub"
 BOX = "Please reason step by step, and put your final answer within \\boxed{}."

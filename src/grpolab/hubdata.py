@@ -39,7 +39,7 @@ from urllib.parse import urlparse
 from rich.progress import Progress
 
 from .data import DataError, read_rows
-from .models import sha256
+from .util import sha256_file as sha256
 
 PROBLEM_KEYS = ("problem", "question", "Problem", "Question")
 ANSWER_KEYS = ("answer", "Answer", "ground_truth", "final_answer")
