@@ -52,8 +52,8 @@ def test_every_checkpoint_and_the_base_model_are_scored(run):
         assert 0 <= m["eval/toy/add/pass@1"] <= m["eval/toy/add/pass@2"] <= m["eval/toy/add/pass@4"] <= 1
         assert m["eval/toy/add/pass@1"] == pytest.approx(m["eval/toy/add/avg@4"])  # 0/1 scores
     dvc = run["metrics"]
-    assert dvc["step"] == 2 and dvc["best_step"] in steps
-    assert dvc["best/avg@4"] == max(m["eval/toy/add/avg@4"] for m in steps.values())
+    assert dvc["eval/step"] == 2 and dvc["eval/best_step"] in steps
+    assert dvc["eval/best/avg@4"] == max(m["eval/toy/add/avg@4"] for m in steps.values())
     assert not any(k.startswith("val-core") for k in dvc)  # never the training loop's names
 
 

@@ -57,8 +57,8 @@ def test_exp_show_lists_both_runs_with_metrics(demo_dir):
         assert live["step"] == row["params"]["trainer"]["total_training_steps"]
         assert row["metrics"]["results/smoke/checks.json"]["passed"] is True
         ev = row["metrics"]["results/eval/metrics.json"]  # the evaluate stage's own namespace (issue 10)
-        assert {"eval/toy/add/avg@2", "eval/toy/add/pass@2", "eval/toy/add/maj@2", "best_step"} <= set(ev)
-        assert ev["step"] == 20 and not any(k.startswith("val-") for k in ev)
+        assert {"eval/toy/add/avg@2", "eval/toy/add/pass@2", "eval/toy/add/maj@2", "eval/best_step"} <= set(ev)
+        assert ev["eval/step"] == 20 and not any(k.startswith("val-") for k in ev)
         # verl's step metrics (issue 13) reach dvclive
         assert live["critic"]["rewards"]["mean"] == live["critic"]["score"]["mean"]
         assert {"gen", "reward", "old_log_prob", "update_actor", "step"} <= set(live["timing_s"])
@@ -162,7 +162,7 @@ def test_evaluate_stage_scored_every_checkpoint_and_the_report_marks_the_best(de
             rows = [json.loads(x) for x in r.stdout.splitlines()]
             assert len(rows) == 16 * 2
             assert evaluation.step_metrics(rows, same) == pytest.approx(m)
-    best = json.loads((out / "metrics.json").read_text())["best_step"]
+    best = json.loads((out / "metrics.json").read_text())["eval/best_step"]
     rep = next(r for r in (demo_dir / "reports").glob("*-demo-tiny-qwen3-*.md"))
     text = rep.read_text()
     assert "### Evaluation" in text and re.search(rf"\| {best} \(best\) +\| toy/add +\|", text)

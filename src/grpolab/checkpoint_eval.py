@@ -18,7 +18,7 @@ found verl's in-training weights and the saved checkpoint disagree, and evaluate
 
 Writes under `val.output_dir`: `responses/step_<N>.jsonl` (one row per response, re-scorable with
 `grpolab score`), `steps.json` (every step's metrics, DVC plots), `metrics.json` (DVC metrics: the
-last step's, `step`, and the best step by `val.select_metric`). Metrics go to MLflow / W&B at the
+last step's with `eval/step`, and `eval/best_step`, `eval/best/<metric>` by `val.select_metric`). Metrics go to MLflow / W&B at the
 checkpoint's step in the run `<exp>-evaluate`, with a table of `val.log_samples` responses per step.
 """
 from __future__ import annotations
@@ -197,9 +197,9 @@ def evaluate(p: Params, console) -> dict:
     best = evaluation.best_step(steps, metric)
     write_json(out / "steps.json", [{"step": s, **m} for s, m in sorted(steps.items())])
     last = max(steps)
-    metrics = {"step": last, **steps[last]}
+    metrics = {"eval/step": last, **steps[last]}  # namespaced: dvclive's metrics.json has its own `step`
     if best:
-        metrics.update({"best_step": best[0], f"best/{metric}": best[1]})
+        metrics.update({"eval/best_step": best[0], f"eval/best/{metric}": best[1]})
         console.print(f"  best step {best[0]}: mean {metric} over data sources {best[1]:.4g}")
     write_json(out / "metrics.json", metrics)
     return metrics

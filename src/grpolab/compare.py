@@ -86,7 +86,7 @@ def dvc_experiments(root: Path, all_commits: bool = False) -> list[Exp]:
 KEEP_COLUMNS = (r"^(critic\.score\.mean|actor\.entropy|response_length\.mean|response_length\.clip_ratio|step|"
                 r"val-core/[^/]+/[^/]+/acc/mean@\d+)$")
 DROP_COLUMNS = (r"^((actor|critic|batch|response_length|prompt_length|timing_s|timing_per_token_ms|perf|reward|"
-                r"training|rollout|val-core|val-aux|global_step)([./].*)?|steps_completed|peak_memory_gb|passed|"
+                r"training|rollout|val-core|val-aux|global_step|eval)([./].*)?|steps_completed|peak_memory_gb|passed|"
                 r"grad_norm_step\d+|request|.*(_dir|_files|manifest|\.json)|src/.*|pipelines|data|models/.*|"
                 r"results/.*|dvclive/.*)$")
 

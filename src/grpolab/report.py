@@ -130,7 +130,8 @@ def build(p: Params, root: Path, date: str | None = None, plot_name: str | None 
     hist, train, exp, changed = c.hist, c.train, c.exp, c.changed
     last = hist[-1] if hist else {}
     score0 = hist[0].get("critic/score/mean") if hist else None
-    val_txt = eval_summary(p, c.steps) or "no evaluation metrics"
+    val_txt = eval_summary(p, c.steps) or ", ".join(f"`{k}` {num(v)}" for k, v in c.ev.items()) \
+        or "no validation metrics"
 
     s = [f"## {date} - {p.exp_name}" + (f" (`{exp}`)" if exp else "")]
     delivery = (f"Trained {train.get('steps_done', 0)}/{train.get('total_steps', '?')} steps; "
@@ -311,6 +312,8 @@ def validation_rows(p: Params, c: Context) -> list[list]:
     if c.steps:
         rows.append(["Evaluation", f"{len(c.steps)} checkpoint(s) scored (steps {', '.join(map(str, sorted(c.steps)))}): "
                      + eval_summary(p, c.steps), "Pass - measured (see Evaluation)"])
+    elif c.ev:
+        rows.append(["Validation score", ", ".join(f"`{k}` {num(v)}" for k, v in c.ev.items()), "Pass - measured"])
     return rows
 
 
