@@ -1,4 +1,4 @@
-"""DVC stage `data`: Write the toy arithmetic train/val sets in the Archer/verl row format (data.source: toy).
+"""DVC stage `data`: Train/val rows in the Archer/verl format: hub datasets at a pinned revision, local files, or toy arithmetic (data.source).
 
 Run by `dvc repro` (see dvc.yaml); by hand: `python pipelines/data.py [params.yaml]`.
 """

@@ -1,4 +1,4 @@
-"""DVC stage `evaluate`: Score the final model on the validation set (val.n samples per prompt).
+"""DVC stage `evaluate`: score every saved checkpoint and the untrained model on the validation set (grpolab.checkpoint_eval).
 
 Run by `dvc repro` (see dvc.yaml); by hand: `python pipelines/evaluate.py [params.yaml]`.
 """

@@ -4,6 +4,7 @@ and the MLflow store read directly, the PNG curves, selection and errors."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -21,7 +22,8 @@ def _compare(ws, env, *args):
 
 
 def _rows(table: str) -> list[list[str]]:
-    lines = [x for x in table.splitlines() if x.startswith("|")]
+    """The first markdown table of `table` (the experiments; the evaluation tables follow)."""
+    lines = [x for x in table.split("\n\n")[0].splitlines() if x.startswith("|")]
     return [[c.strip() for c in x.strip().strip("|").split(" | ")] for x in lines]
 
 
@@ -71,7 +73,19 @@ def test_compare_three_experiments_table_and_plots(shared):
         assert row[col["MLflow run"]] == f"`{runs[exp][:8]}`"
         assert row[col["steps"]] == "4"
     md = (ws / "reports" / "compare.md").read_text()
-    assert r.stdout.strip() in md
+    assert all(part.strip() in md for part in r.stdout.split("\n\n") if part.strip())
+    # the evaluate stage's step x data_source table of every experiment, best step marked (issue 10)
+    from grpolab.checkpoint_eval import read_steps
+    from grpolab.evaluation import best_step
+
+    assert "## Evaluation per checkpoint" in md and "Evaluation of main" in r.stdout
+    for name in ("main", "t12", "lr4"):
+        assert f"Evaluation of {name} (" in md
+    ws_steps = read_steps(ws / "results" / "eval" / "steps.json")  # the workspace holds lr4's (last run)
+    best = best_step(ws_steps, "avg@2")[0]
+    lr4 = md.split("Evaluation of lr4")[1].split("Evaluation of")[0]
+    assert f"(best step {best} by mean `avg@2`" in lr4 and re.search(rf"\| {best} \(best\) +\| toy/add +\|", lr4)
+    assert sorted(ws_steps) == [0, 2, 4]
     for m in ("critic_score_mean", "actor_entropy"):
         png = ws / "reports" / f"compare-{m}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

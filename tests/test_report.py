@@ -61,7 +61,7 @@ def test_baseline_report_every_section_with_real_numbers(shared):
     # every Validation row has evidence and a Pass/Fail verdict
     from conftest import md_rows
 
-    for cells in md_rows(text.split("### Validation")[1].split("### Git")[0])[1:]:
+    for cells in md_rows(text.split("### Validation")[1].split("### Git")[0].split("### Evaluation")[0])[1:]:
         assert len(cells) == 3 and cells[1] and re.match(r"(Pass|Fail|Offline)\b", cells[2]), cells
     # notes: params per CPU process (a CPU run is never described in GPU units), best score, the curves
     from grpolab.preflight import param_count
@@ -71,6 +71,10 @@ def test_baseline_report_every_section_with_real_numbers(shared):
     assert "GPU" not in text and "_per_gpu`" not in text
     best = max(range(STEPS), key=lambda i: scores[i])
     assert f"Best `critic/score/mean` {scores[best]:.4g} at step {best + 1}" in text
+    # the evaluate stage's step x data_source table, best step marked and named in the notes (issue 10)
+    ev_rows = md_rows(text.split("### Evaluation")[1].split("### Git")[0])[1:]
+    assert [r[0].split(" ")[0] for r in ev_rows] == ["0", "2", "4"] and all(r[1] == "toy/add" for r in ev_rows)
+    assert sum("(best)" in r[0] for r in ev_rows) == 1 and "Evaluate stage: best checkpoint step" in text
     png = name.replace(".md", ".png")
     assert f"]({png})" in text and shared["baseline_reports"][png][:8] == b"\x89PNG\r\n\x1a\n"
     # one number format: at most 4 significant digits, no `1000.0`, no 32-character run ids
@@ -121,6 +125,11 @@ def test_progress_lists_every_train_run_with_its_best(shared):
         row = next(r for r in md_rows_of(text) if r[-1] == f"`{run[:8]}`")
         assert f"{best:.4g} ({step})" in row, row
     assert {"lr4", "t12", "(workspace)"} <= {r[2] for r in md_rows_of(text)}
+    # each run's best evaluated checkpoint, from its evaluate run's MLflow histories (issue 10)
+    header = next(r for r in md_rows_of(text) if r[0] == "Started")
+    col = header.index("Best eval `avg@2` (step)")
+    for r in (r for r in md_rows_of(text) if r[0].startswith("20")):
+        assert re.fullmatch(r"\d(\.\d+)? \([024]\)", r[col]), r
     index = (ws / "reports" / "index.md").read_text()
     assert "progress.md" in index and sum(x.startswith("- [") for x in index.splitlines()) == 3
 

@@ -202,6 +202,8 @@ def compare_cmd(
         err.print(f"[red]error[/]: {exc}", highlight=False)
         raise typer.Exit(1)
     print(res["table"])
+    if res.get("evaluation"):  # the evaluate stage's step x data_source table of each experiment
+        print("\n" + res["evaluation"])
     err.print(f"wrote {res['report']}" + "".join(f", {p}" for p in res["plots"].values()), highlight=False)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,7 @@ class Exp:
     is_exp: bool  # a `dvc exp run` experiment (else a commit / the workspace)
     run_id: str = ""
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    eval_steps: dict[int, dict] = field(default_factory=dict)  # the evaluate stage's steps.json
 
     @property
     def label(self) -> str:
@@ -84,7 +86,7 @@ def dvc_experiments(root: Path, all_commits: bool = False) -> list[Exp]:
 KEEP_COLUMNS = (r"^(critic\.score\.mean|actor\.entropy|response_length\.mean|response_length\.clip_ratio|step|"
                 r"val-core/[^/]+/[^/]+/acc/mean@\d+)$")
 DROP_COLUMNS = (r"^((actor|critic|batch|response_length|prompt_length|timing_s|timing_per_token_ms|perf|reward|"
-                r"training|rollout|val-core|val-aux|global_step)([./].*)?|steps_completed|peak_memory_gb|passed|"
+                r"training|rollout|val-core|val-aux|global_step|eval)([./].*)?|steps_completed|peak_memory_gb|passed|"
                 r"grad_norm_step\d+|request|.*(_dir|_files|manifest|\.json)|src/.*|pipelines|data|models/.*|"
                 r"results/.*|dvclive/.*)$")
 
@@ -141,7 +143,9 @@ def attach_mlflow(exps: list[Exp], uri: str, metrics: list[str]) -> None:
             cand = [r for r in runs if not r.data.tags.get("dvc.exp_name")]
             score = e.metrics.get(health.SCORE)
             cand = [r for r in cand
-                    if all(_same(v, r.data.params[k]) for k, v in e.params.items() if k in r.data.params)
+                    if all(_same(v, r.data.params[k]) for k, v in e.params.items()
+                           if k in r.data.params and not isinstance(v, (list, dict)))  # lists: written in
+                    # params.yaml as the user wrote them (data.val_sets), logged with every schema default
                     and (score is None or _same(score, r.data.metrics.get(health.SCORE)))]
         cand = [r for r in cand if r.info.run_id not in used]
         if not cand:
@@ -226,6 +230,40 @@ def table(exps: list[Exp], metrics: list[str], findings: dict[str, list[health.F
     return md_table(header, body)
 
 
+def read_eval_steps(root: Path, e: Exp) -> dict[int, dict]:
+    """An experiment's `<val.output_dir>/steps.json` as committed in its rev (DVC keeps it in git:
+    `cache: false`); the workspace's file for the workspace row."""
+    rel = f"{e.params.get('val.output_dir', 'results/eval').rstrip('/')}/steps.json"
+    if e.rev == "workspace":
+        text = (root / rel).read_text() if (root / rel).exists() else ""
+    else:
+        r = subprocess.run(["git", "show", f"{e.rev}:{rel}"], cwd=root, capture_output=True, text=True)
+        text = r.stdout if r.returncode == 0 else ""
+    try:
+        return {int(x["step"]): {k: v for k, v in x.items() if k != "step"} for x in json.loads(text)} if text else {}
+    except (ValueError, KeyError, TypeError):
+        return {}
+
+
+def eval_section(root: Path, exps: list[Exp]) -> list[str]:
+    """Per experiment, the evaluate stage's step x data_source table with the best step marked (the
+    report's table, grpolab.evaluation.step_table)."""
+    from .evaluation import default_metric, step_table
+    from .util import md_table as _table
+
+    out = []
+    for e in exps:
+        e.eval_steps = read_eval_steps(root, e)
+        if not e.eval_steps:
+            continue
+        k = int(e.params.get("val.n") or 1)
+        metric = e.params.get("val.select_metric") or default_metric(k)
+        header, rows, best = step_table(e.eval_steps, k, metric)
+        out += [f"Evaluation of {e.label} per checkpoint (best step {best} by mean `{metric}` over data "
+                f"sources):", "", _table(header, rows), ""]
+    return (["## Evaluation per checkpoint", ""] + out) if out else []
+
+
 def slug(metric: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in metric)
 
@@ -299,6 +337,8 @@ def compare(root: Path, names: list[str] | None = None, metrics: list[str] | Non
     if warn:
         md += [warn, ""]
     md += [tab, ""]
+    evaluation = eval_section(root, exps)
+    md += evaluation
     requests = [(e, e.params.get("request")) for e in exps if e.params.get("request")]
     if len({r for _, r in requests}) > 1:
         md += ["Requests:", ""] + [f"- {e.label}: {r}" for e, r in requests] + [""]
@@ -315,4 +355,4 @@ def compare(root: Path, names: list[str] | None = None, metrics: list[str] | Non
     report = out / "compare.md"
     report.write_text("\n".join(md).rstrip("\n") + "\n")
     return {"markdown": "\n".join(md), "table": tab, "report": report, "plots": plots, "experiments": exps,
-            "findings": findings}
+            "findings": findings, "evaluation": "\n".join(evaluation).strip()}

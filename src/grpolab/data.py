@@ -77,11 +77,12 @@ class BadLine(str):
     with its line number like any other bad row."""
 
 
-def read_rows(path: str | Path) -> list[dict]:
-    return [row for _, row in read_located_rows(path)]
+def read_rows(path: str | Path, required: tuple[str, ...] = REQUIRED_COLUMNS) -> list[dict]:
+    """Rows of a file; `required`: the parquet columns it must have (() for raw hub files)."""
+    return [row for _, row in read_located_rows(path, required)]
 
 
-def read_located_rows(path: str | Path) -> list[tuple[str, object]]:
+def read_located_rows(path: str | Path, required: tuple[str, ...] = REQUIRED_COLUMNS) -> list[tuple[str, object]]:
     """``(where, row)`` pairs: ``where`` is "line N" (1-based, JSONL) or "row i" (0-based)."""
     path = Path(path)
     if not path.exists():
@@ -97,10 +98,10 @@ def read_located_rows(path: str | Path) -> list[tuple[str, object]]:
                         why = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
                         out.append((f"line {n}", BadLine(f"not valid JSON ({why})")))
         return out
-    return [(f"row {i}", row) for i, row in enumerate(_read_whole(path))]
+    return [(f"row {i}", row) for i, row in enumerate(_read_whole(path, required))]
 
 
-def _read_whole(path: Path) -> list:
+def _read_whole(path: Path, required: tuple[str, ...] = REQUIRED_COLUMNS) -> list:
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -108,7 +109,7 @@ def _read_whole(path: Path) -> list:
             table = pq.read_table(path)
         except Exception as exc:  # pyarrow raises several types for a file that is not parquet
             raise DataError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})") from None
-        missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+        missing = [c for c in required if c not in table.column_names]
         if missing:
             raise DataError(f"{path}: missing column(s) {', '.join(repr(c) for c in missing)} "
                             f"(it has {', '.join(table.column_names) or 'none'}; rows need 'prompt' chat "

@@ -33,7 +33,7 @@ DEMO_OVERRIDES = {
     "ppo_epochs": 1,
     "model": {"path": "builtin:tiny-qwen3", "local_dir": "models/tiny-qwen3", "dtype": "float32",
               "gradient_checkpointing": False},
-    "data": {"toy_train_size": 256, "toy_val_size": 32},
+    "data": {"source": "toy", "toy_train_size": 256, "toy_val_size": 32},
     "rollout": {"engine": "hf"},
     "val": {"n": 2, "max_prompts": 16},
     "trainer": {"total_training_steps": 20, "save_freq": 10, "test_freq": 10, "device": "cpu",
@@ -42,8 +42,8 @@ DEMO_OVERRIDES = {
               "max_prompt_length": 64, "max_response_length": 16},
 }
 # DVC git-ignores its cached outputs itself; metrics (cache: false) must stay visible to git. MLflow's
-# store and artifacts, W&B's offline runs and byte code never go into git.
-GITIGNORE = "/mlflow.db\n/mlartifacts/\n/mlruns/\n/wandb/\n__pycache__/\n"
+# store and artifacts, W&B's offline runs, downloaded data sets and byte code never go into git.
+GITIGNORE = "/mlflow.db\n/mlartifacts/\n/mlruns/\n/wandb/\n/downloads/\n__pycache__/\n"
 
 
 def project_root() -> Path:

@@ -133,6 +133,10 @@ def progress_rows(p: Params, reports_dir: Path) -> list[dict]:
     runs = client.search_runs(ids, filter_string="tags.`grpolab.stage` = 'train'", max_results=5000,
                               order_by=["attribute.start_time DESC"]) if ids else []
     reports = {marker_of(f): f.name for f in reports_dir.glob("*.md") if f.name not in SKIP_INDEX}
+    from .evalreport import eval_best
+
+    evals = client.search_runs(ids, filter_string="tags.`grpolab.stage` = 'evaluate'", max_results=5000,
+                               order_by=["attribute.start_time DESC"]) if ids else []
     rows = []
     for r in runs:
         tags = r.data.tags
@@ -145,6 +149,7 @@ def progress_rows(p: Params, reports_dir: Path) -> list[dict]:
             "best": max(hist, key=lambda x: x[1]) if hist else None, "final": hist[-1][1] if hist else None,
             "val": {k: v for k, v in r.data.metrics.items() if k.startswith(health.VAL_PREFIX)},
             "report": reports.get(r.info.run_id, ""),
+            "eval_best": eval_best(client, p, r, evals),  # its evaluate run's best step (issue 10)
         })
     return rows
 
@@ -160,11 +165,15 @@ def write_progress(p: Params, reports_dir: Path) -> Path | None:
              "From the MLflow store's train runs; best = highest `critic/score/mean` over steps. "
              "Validation columns are the run's last value (`@` is stored as `_at_`).", ""]
     val_keys = sorted({k for r in rows for k in r["val"]})
+    from .checkpoint_eval import select_metric
+
+    metric = select_metric(p)
     header = ["Started", "Experiment", "DVC exp", "Commit", "Status", "Steps", "Best score (step)",
-              "Final score", *[f"`{k}`" for k in val_keys], "Report", "MLflow run"]
+              "Final score", *[f"`{k}`" for k in val_keys], f"Best eval `{metric}` (step)", "Report", "MLflow run"]
     body = [[r["started"], r["exp_name"], r["exp"], f"`{r['commit']}`", r["status"], r["steps"],
              f"{num(r['best'][1])} ({r['best'][0]})" if r["best"] else "-", num(r["final"]),
              *[num(r["val"].get(k)) for k in val_keys],
+             f"{num(r['eval_best'][1])} ({r['eval_best'][0]})" if r["eval_best"] else "-",
              f"[{r['report']}]({r['report']})" if r["report"] else "-", f"`{short_id(r['run'])}`"]
             for r in rows]
     lines.append(md_table(header, body) if body else "No MLflow train runs recorded yet.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+_EVAL = "evaluate stage, per data source, averaged over prompts: "
 _VAL = "validation, per data source, averaged over prompts of each prompt's n = val.n scores: "
 GLOSSARY: dict[str, str] = {
     # reward / scores (per step, over all responses of all ranks; verl computes these on the kept
@@ -98,6 +99,19 @@ GLOSSARY: dict[str, str] = {
     "val-aux/<data_source>/acc/best@<k>/<mean|std>": _VAL + "best@k for k = 2, 4, ... < n",
     "val-aux/<data_source>/acc/maj@<k>/<mean|std>": _VAL + "maj@k for k = 2, 4, ... < n",
     "val-aux/<data_source>/acc/worst@<k>/<mean|std>": _VAL + "worst score of k draws (bootstrap), k <= n",
+    # the evaluate stage (grpolab.evaluation), one point per saved checkpoint at its step (0 = the
+    # untrained model); k = val.n responses per prompt, averaged over the data source's prompts
+    "eval/<data_source>/avg@<k>": _EVAL + "mean score of the k responses",
+    "eval/<data_source>/pass@<j>": _EVAL + "unbiased pass@j, 1 - C(k-c, j)/C(k, j) for c of k responses "
+                                           "scoring >= val.pass_threshold, every j <= k",
+    "eval/<data_source>/maj@<k>": _EVAL + "score of the answer most of the k responses give (answers "
+                                          "merged when math-verify finds them equal; 0 without answers)",
+    "eval/<data_source>/n_prompts": "evaluate stage: prompts of the data source scored",
+    "eval/<data_source>/len_median": "evaluate stage: median response length (tokens)",
+    "eval/<data_source>/len_p95": "evaluate stage: 95th percentile of the response length (tokens)",
+    "eval/<data_source>/boxed": "evaluate stage: share of responses with a \\boxed{} answer",
+    "eval/<data_source>/repeat20": "evaluate stage: share of responses where some 20-gram of tokens occurs twice",
+    "eval/<data_source>/truncated": "evaluate stage: share of responses cut at max_response_length",
 }
 
 

@@ -23,6 +23,7 @@ from .config import Params
 from .diary import num, short_id
 from .pipeline import output_paths
 from .util import deep_merge, md_table
+from .evalreport import best_checkpoint_notes, eval_section, eval_steps, eval_summary
 
 KEY_PARAMS = ["train_prompt_bsz", "n_resp_per_prompt", "max_response_length", "lr", "ppo_epochs",
               "kl_loss_coef", "temperature"]
@@ -82,6 +83,7 @@ class Context:
         self.train = _read_json(Path(p.trainer.output_dir) / "summary.json")
         self.rec = self.train.get("tracking") or {}
         self.ev = _read_json(Path(p.val.output_dir) / "metrics.json")
+        self.steps = eval_steps(p)
         self.hist = self.train.get("history", [])
         self.repo = gitmeta.open_repo(root)
         self.git = gitmeta.git_info(root, output_paths(p))  # today's remote / push state
@@ -125,10 +127,11 @@ class Context:
 def build(p: Params, root: Path, date: str | None = None, plot_name: str | None = None) -> str:
     c = Context(p, root)
     date = c.rec.get("started") or date or dt.date.today().isoformat()
-    hist, train, ev, exp, changed = c.hist, c.train, c.ev, c.exp, c.changed
+    hist, train, exp, changed = c.hist, c.train, c.exp, c.changed
     last = hist[-1] if hist else {}
     score0 = hist[0].get("critic/score/mean") if hist else None
-    val_txt = ", ".join(f"`{k}` {num(v)}" for k, v in ev.items()) or "no validation metrics"
+    val_txt = eval_summary(p, c.steps) or ", ".join(f"`{k}` {num(v)}" for k, v in c.ev.items()) \
+        or "no validation metrics"
 
     s = [f"## {date} - {p.exp_name}" + (f" (`{exp}`)" if exp else "")]
     delivery = (f"Trained {train.get('steps_done', 0)}/{train.get('total_steps', '?')} steps; "
@@ -156,6 +159,7 @@ def build(p: Params, root: Path, date: str | None = None, plot_name: str | None 
     derived = {(k.replace("_per_gpu", "_per_process") if c.cpu else k): v for k, v in config.derived(p).items()}
     s += ["", "Derived values:", "", md_table(["Derived", "Value"], [[f"`{k}`", num(v)] for k, v in derived.items()])]
     s += ["", "### Validation", "", md_table(["Check", "Evidence", "Result"], validation_rows(p, c))]
+    s += eval_section(p, c.steps)
     s += ["", "### Git", "", md_table(["Field", "Value"], git_rows(c))]
     s += ["", "### Notes", ""] + [f"- {n}" for n in notes(p, c)]
     if plot_name:
@@ -271,7 +275,7 @@ def _tracking_rows(c: Context) -> list[list]:
 
 def validation_rows(p: Params, c: Context) -> list[list]:
     rows = []
-    smoke, train, ev = c.smoke, c.train, c.ev
+    smoke, train = c.smoke, c.train
     checks = smoke.get("checks", {})
     if checks:
         st = checks["steps_completed"]
@@ -295,7 +299,8 @@ def validation_rows(p: Params, c: Context) -> list[list]:
     rows += _tracking_rows(c)
     rows += _unrecorded_rows(p, train)
     done, total = train.get("steps_done", 0), train.get("total_steps", 0)
-    rows.append(["Training progress", f"{done}/{total} steps", "Pass" if total and done == total else "Fail"])
+    rows.append(["Training progress", f"{done}/{total} steps", "Pass" if total and done == total else
+                 "Pass - stopped early (trainer.early_stop_patience)" if train.get("stopped_early") else "Fail"])
     g = _grad_row(p, c)
     if g:
         rows.append(g)
@@ -304,8 +309,11 @@ def validation_rows(p: Params, c: Context) -> list[list]:
         rows.append(["Run health", f"{len(c.hist)} steps checked for: {names}",
                      "Pass - no finding" if not c.findings else
                      f"Fail - {len(c.findings)} finding(s): {', '.join(f.rule for f in c.findings)} (see Notes)"])
-    if ev:
-        rows.append(["Validation score", ", ".join(f"`{k}` {num(v)}" for k, v in ev.items()), "Pass - measured"])
+    if c.steps:
+        rows.append(["Evaluation", f"{len(c.steps)} checkpoint(s) scored (steps {', '.join(map(str, sorted(c.steps)))}): "
+                     + eval_summary(p, c.steps), "Pass - measured (see Evaluation)"])
+    elif c.ev:
+        rows.append(["Validation score", ", ".join(f"`{k}` {num(v)}" for k, v in c.ev.items()), "Pass - measured"])
     return rows
 
 
@@ -387,6 +395,7 @@ def notes(p: Params, c: Context) -> list[str]:
                    f"{num(e['peak_gb'])} GB peak per {c.unit} ({'fits' if e['fits'] else 'does not fit'}); up to "
                    f"{num(t['max_per_step'])} tokens per step ({num(t['max_per_step_per_gpu'])} per {c.unit}). "
                    f"`grpolab preflight --device-memory-gb 80` checks a recipe against 80 GB devices before a run.")
+    out += best_checkpoint_notes(p, c)
     for f in c.findings:
         out.append(f"**{f.rule}**: {f.evidence}. {f.advice[:1].upper() + f.advice[1:]}. Next: `{f.command}`")
     if not c.findings and c.hist:
@@ -398,6 +407,7 @@ def notes(p: Params, c: Context) -> list[str]:
     return out
 
 
+# --------------------------------------------------------------------------------------------------
 # --------------------------------------------------------------------------------------------------
 def plot_curves(hist: list[dict], path: Path, title: str) -> bool:
     """critic/score/mean and actor/entropy over steps, one panel each (PNG, Agg)."""

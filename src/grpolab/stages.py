@@ -44,13 +44,18 @@ def download(p: Params) -> dict:
 
 
 def prepare_data(p: Params) -> list[Path]:
-    if p.data.source != "toy":
-        raise StageFailed(
-            f"data.source: {p.data.source!r} — only 'toy' is generated here; put Archer/verl rows in "
-            f"{p.data.train_files} / {p.data.val_files} and set data.source to their origin")
-    paths = data.write_toy(Path(p.data.dir), p.data.toy_train_size, p.data.toy_val_size, p.seed)
-    console.print(f"[bold]data[/]: wrote {', '.join(map(str, paths))}")
-    return paths
+    """`data.source`: toy (generated), hub (downloaded, grpolab.hubdata) or local (the user's files)."""
+    if p.data.source == "toy":
+        paths = data.write_toy(Path(p.data.dir), p.data.toy_train_size, p.data.toy_val_size, p.seed)
+        console.print(f"[bold]data[/]: wrote {', '.join(map(str, paths))}")
+        return paths
+    from . import hubdata
+
+    console.print(f"[bold]data[/]: {p.data.source} -> {p.data.train_files[0]}, {p.data.val_files[0]}")
+    manifest = hubdata.prepare(p.data, log=lambda m: console.print(m, highlight=False, markup=False))
+    for o in manifest["outputs"]:
+        console.print(f"  {o['split']}: {o['rows']} rows -> {o['file']}")
+    return [Path(o["file"]) for o in manifest["outputs"]]
 
 
 def _progress() -> tuple[Progress, callable]:
@@ -131,6 +136,7 @@ def run_training(p: Params, stage: str, dvclive: bool) -> dict:
         "stage": stage, "exp_name": p.exp_name, "steps_done": res.steps_done,
         "total_steps": trainer.total_steps(), "resumed_from": res.resumed_from,
         "history": res.history, "val": res.val, "final_dir": str(res.final_dir),
+        "stopped_early": res.stopped_early, "best": res.best,
         "tracking": tracker.ids(), "reached": tracker.reached, "device": str(trainer.device),
         "world_size": trainer.ctx.world, "skipped_rows": trainer.skipped,
         "samples": getattr(trainer, "samples", []),
@@ -267,37 +273,14 @@ def train_body(p: Params) -> None:
 
 
 def evaluate(p: Params) -> dict:
-    """Score the final model on the validation set (val.n samples per prompt) through the rollout
-    engine alone: one model copy on the device, no optimizer, no reference model."""
-    from . import dist, validation
-    from .reward_plugin import RewardFunctions
-    from .rollout import make_engine
-    from .trainer import device_kind
+    """Score every saved checkpoint (and the untrained model) on the validation set: grpolab.checkpoint_eval."""
+    from .checkpoint_eval import EvalError, evaluate as run
 
-    ep = p.model_copy(update={"n_gpus_per_node": 1, "nnodes": 1})
-    check_engine(ep)
-    final = Path(p.trainer.output_dir) / "final"
-    if not final.exists():
-        raise StageFailed(f"no trained model at {final}: run the train stage first")
-    ctx = dist.init(device_kind(p.trainer.device))
-    tok = models.load_tokenizer(final)
-    encode = lambda msgs: tok(tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True),  # noqa: E731
-                              add_special_tokens=False)["input_ids"]
-    examples, _ = data.load_examples(p.data.val_files, count_tokens=lambda m: len(encode(m)),
-                                     max_prompt_length=p.max_prompt_length, skip_bad_rows=p.data.skip_bad_rows)
-    if p.val.max_prompts:
-        examples = examples[: p.val.max_prompts]
-    engine = make_engine(ep, final, device=ctx.device)
-    scorer = RewardFunctions(p.reward.function, p.reward.timeout_s, num_workers=1)
+    check_engine(p.model_copy(update={"n_gpus_per_node": 1, "nnodes": 1}))
     try:
-        metrics = validation.run(engine, tok, examples, ep, 0, scorer, ctx.rank, ctx.world, encode)
-    finally:
-        scorer.close()
-        engine.close()
-    metrics = {k: v for k, v in metrics.items() if not k.startswith("timing")}
-    write_json(Path(p.val.output_dir) / "metrics.json", metrics)
-    console.print("[bold]evaluate[/]: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()), highlight=False)
-    return metrics
+        return run(p, console)
+    except EvalError as exc:
+        raise StageFailed(str(exc)) from None
 
 
 def write_report(p: Params) -> Path:

@@ -46,7 +46,7 @@ class Tracker:
         """`resume`: the ids of an interrupted run (from its checkpoint) to continue; steps each
         backend already holds are not logged again."""
         self.p, self.stage, self.resume = p, stage, resume or {}
-        self.done = {"dvclive": 0, "mlflow": 0, "wandb": 0}  # last step each backend already holds
+        self.done = {"dvclive": -1, "mlflow": -1, "wandb": -1}  # last step each backend already holds
         self.root = root or gitmeta.project_root()
         here = self.root if not os.environ.get("DVC_ROOT") else Path.cwd()
         self.tags = gitmeta.run_tags(here, ignore=pipeline.output_paths(p))
@@ -217,6 +217,25 @@ class Tracker:
                 mlflow.log_artifact(str(path))
             except Exception as exc:
                 warn(f"MLflow artifact {path} not stored: {exc}")
+
+    def log_table(self, name: str, rows: list[dict], step: int) -> None:
+        """A table of rows (e.g. sampled responses) at `step`: an MLflow table artifact
+        `<name>_step_<step>.json` (the UI's artifact view, `mlflow.load_table`) and a W&B Table."""
+        if not rows:
+            return
+        cols = list(rows[0])
+        if self.mlflow_run is not None:
+            try:
+                self.mlflow_client.log_table(self.mlflow_run.info.run_id,
+                                             {c: [r.get(c) for r in rows] for c in cols},
+                                             f"{name}_step_{step}.json")
+            except Exception as exc:
+                warn(f"MLflow table {name} not stored: {type(exc).__name__}: {exc}")
+        if self.wandb_run is not None:
+            import wandb
+
+            self.wandb_run.log({name: wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])},
+                               step=step)
 
     def ids(self) -> dict:
         """This run's record: what produced it and where its records are."""

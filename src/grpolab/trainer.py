@@ -40,6 +40,8 @@ class TrainResult:
     val: dict = field(default_factory=dict)  # last validation metrics
     final_dir: Path | None = None
     resumed_from: int = 0
+    stopped_early: bool = False  # early_stop_patience validations without a new best
+    best: dict = field(default_factory=dict)  # {step, metric, value, dir} of the best validation
 
 
 def device_kind(name: str) -> str:
@@ -96,6 +98,17 @@ def logp_all(model, batch, temperature, micro: int, chunk: int) -> torch.Tensor:
     parts = [forward_logp(model, batch, slice(s, s + micro), temperature, False, chunk)[0]
              for s in range(0, N, micro)]
     return torch.cat(parts)
+
+
+def validation_value(m: dict, metric: str) -> float | None:
+    """`metric` in validation metrics `m`: a full key, or a name such as `acc/mean@4` averaged over
+    data sources (`val-core/<data_source>/acc/mean@4`, `val-aux/...` as well); None when absent."""
+    if not metric:
+        return None
+    if metric in m:
+        return float(m[metric])
+    vals = [v for k, v in m.items() if k.startswith(("val-core/", "val-aux/")) and k.endswith("/" + metric)]
+    return sum(vals) / len(vals) if vals else None
 
 
 def mean_metrics(rows: list[dict]) -> dict:
@@ -177,6 +190,7 @@ class Trainer:
         self.history: list[dict] = []
         self.tracking_ids: dict = {}
         self.fingerprint = ""
+        self.early = {"best": None, "step": 0, "bad": 0}  # early stopping state (saved in checkpoints)
 
     def shard(self, model) -> None:
         """FSDP2: each decoder layer, then the root (embeddings, final norm, tied lm_head)."""
@@ -333,6 +347,24 @@ class Trainer:
         return validation.run(self.engine, self.tok, self.val_set, self.p, self.step, self.scorer,
                               self.ctx.rank, self.ctx.world, self.encode_prompt)
 
+    def early_stop(self, m: dict) -> bool:
+        """Track trainer.early_stop_metric in this validation's metrics `m`: a new best exports the
+        model to <output_dir>/best; returns True when early_stop_patience validations gave none."""
+        p = self.p
+        value = validation_value(m, p.trainer.early_stop_metric)
+        if value is None:
+            if p.trainer.early_stop_metric and m and self.ctx.main and not self.early.get("warned"):
+                self.early["warned"] = True
+                self.warn(f"trainer.early_stop_metric: {p.trainer.early_stop_metric!r} — not among the validation "
+                          f"metrics ({', '.join(sorted(k for k in m if k.startswith('val-core/')))}); no early stopping")
+            return False
+        if self.early["best"] is None or value > self.early["best"]:
+            self.early.update(best=value, step=self.step, bad=0)
+            self.export_hf(Path(p.trainer.output_dir) / "best")
+            return False
+        self.early["bad"] += 1
+        return bool(p.trainer.early_stop_patience) and self.early["bad"] >= p.trainer.early_stop_patience
+
     def export_hf(self, out_dir: Path) -> Path:
         """Collective: gather full weights to rank 0 and write a `from_pretrained` folder."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -353,7 +385,8 @@ class Trainer:
         root = checkpoint.home(p.trainer.output_dir, self.fingerprint)
         state = {"sampler_pos": self.sampler.pos, "scheduler": self.sched.state_dict(),
                  "fingerprint": self.fingerprint,
-                 "world_size": self.ctx.world, "tracking": self.tracking_ids, "history": self.history}
+                 "world_size": self.ctx.world, "tracking": self.tracking_ids, "history": self.history,
+                 "early_stop": self.early}
         ckpt = checkpoint.save(root, self.step, self.model, self.opt, state, p.trainer.max_ckpt_to_keep,
                                self.ctx.rank)
         if p.trainer.export_hf:
@@ -388,6 +421,7 @@ class Trainer:
         self.step = state["step"]
         self.history = state["history"]
         self.tracking_ids = state.get("tracking", {})
+        self.early = state.get("early_stop", self.early)
         self.engine.sync_weights(self.model)  # the engine still holds the initial weights
         return self.step
 
@@ -397,11 +431,21 @@ class Trainer:
         res = TrainResult(steps_done=0, resumed_from=self.step)
         out = Path(p.trainer.output_dir)
         try:
+            if p.trainer.val_before_train and self.step == 0:
+                v = self.validate()
+                self.early_stop(v)  # the untrained model is a candidate for the best too
+                if v and self.log_fn:
+                    self.log_fn(v, 0)
             while self.step < total:
                 self.step += 1
                 m = self.train_step()
                 if p.trainer.test_freq and self.step % p.trainer.test_freq == 0 and self.step < total:
                     m.update(self.validate())
+                    if self.early_stop(m):
+                        res.stopped_early = True
+                        self.warn(f"early stop at step {self.step}: `{p.trainer.early_stop_metric}` has not "
+                                  f"improved on {self.early['best']:.4g} (step {self.early['step']}) for "
+                                  f"{self.early['bad']} validations (trainer.early_stop_patience)")
                 self.history.append(m)
                 if self.ctx.main:
                     for w in health.warnings_for_step(self.history, p):
@@ -412,7 +456,11 @@ class Trainer:
                     self.progress(self.step, total, m)
                 if p.trainer.save_freq and self.step % p.trainer.save_freq == 0:
                     self.save_checkpoint()
+                if res.stopped_early:
+                    break
             res.val = self.validate() if p.trainer.validate_at_end else {}
+            if res.val:
+                self.early_stop(res.val)
             if res.val and self.log_fn:
                 self.log_fn(res.val, self.step)
             if p.trainer.save_final:
@@ -421,4 +469,7 @@ class Trainer:
             self.scorer.close()
             self.engine.close()
         res.steps_done, res.history = self.step, self.history
+        if self.early["best"] is not None:
+            res.best = {"step": self.early["step"], "metric": p.trainer.early_stop_metric,
+                        "value": self.early["best"], "dir": str(out / "best")}
         return res
