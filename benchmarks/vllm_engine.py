@@ -8,7 +8,9 @@
 The step is issue 9's: 8 prompts x 16 responses x 512 tokens, 64-token prompts, random weights in the
 Qwen3-0.6B shape (`builtin:qwen3-0.6b-random`), the recipe's loss settings (3 PPO epochs, mini-batch
 4 prompts, KL 0.001 with a reference model; entropy bonus 0.001 so that the backward pass is real with
-random weights, which earn no reward). Each script prints its numbers and writes them as JSON.
+random weights, which earn no reward). Activation checkpointing is off (576-token sequences fit
+without it; BENCH_GC=1 turns it on); the rest are the trainer's defaults (packed token-budget
+micro-batches, compiled head and layers). Each script prints its numbers and writes them as JSON.
 """
 from __future__ import annotations
 
@@ -50,7 +52,8 @@ def params(engine: str, world: int, ppo_epochs: int, work: Path, seeded: bool = 
         "exp_name": f"bench-{engine}", "seed": 0, "n_gpus_per_node": world,
         "train_prompt_bsz": PROMPTS, "train_prompt_mini_bsz": 4, "n_resp_per_prompt": N,
         "max_prompt_length": PROMPT_LEN, "max_response_length": RESP, "ppo_epochs": ppo_epochs,
-        "entropy_coeff": 0.001, "model": {"path": "builtin:qwen3-0.6b-random", "dtype": "auto"},
+        "entropy_coeff": 0.001, "model": {"path": "builtin:qwen3-0.6b-random", "dtype": "auto",
+                                           "gradient_checkpointing": os.environ.get("BENCH_GC", "0") == "1"},
         "data": {"train_files": [str(work / "bench.json")], "val_files": [str(work / "bench.json")]},
         "rollout": {"engine": engine, "hf_prompts_per_call": PROMPTS, "seed_responses": seeded},
         "trainer": {"device": os.environ.get("BENCH_DEVICE", "cuda"), "ppo_micro_batch_size_per_gpu": 4, "save_freq": 0, "test_freq": 0,

@@ -34,7 +34,7 @@ over 10 of its steps); entropy_coef 0.001 (TRL 1.16 has an entropy bonus); loss_
 summed per-token loss of each micro-batch by the number of completion tokens in the whole accumulation window,
 i.e. token-mean over the optimizer step's mini-batch = our `loss_agg_mode: token-mean` ("bnpo" divides by each
 micro-batch's own token count, a mean of micro-batch means); scale_rewards "group" (GRPO's std division);
-gradient_checkpointing on; bf16 on CUDA; EOS ends a response (no ignore_eos, like ours); seed 0.
+gradient_checkpointing off unless --gradient-checkpointing (as ours in the benchmark); bf16 on CUDA; EOS ends a response (no ignore_eos, like ours); seed 0.
 Weights: ours keeps fp32 master weights and computes in bf16 (FSDP2 MixedPrecisionPolicy, ref model too); by
 default TRL gets the same (`--dtype float32`: model_init_kwargs dtype float32 + bf16=True autocast; the ref
 model follows the policy's dtype). `--dtype bfloat16` is TRL's own default for this folder (pure bf16 weights
@@ -132,7 +132,7 @@ def trl_config_kwargs(a, cuda: bool) -> tuple[dict, int]:
         entropy_coef=0.001,
         loss_type="dapo",
         scale_rewards="group",
-        gradient_checkpointing=True,
+        gradient_checkpointing=a.gradient_checkpointing,
         bf16=cuda,
         use_cpu=not cuda,
         model_init_kwargs={"dtype": a.dtype if cuda else "float32"},
@@ -369,6 +369,7 @@ def main() -> None:
     t.add_argument("--resp", type=int, default=512)
     t.add_argument("--mini-prompts", type=int, default=4)
     t.add_argument("--micro", type=int, default=4)
+    t.add_argument("--gradient-checkpointing", action="store_true", help="TRL's default; ours runs without")
     t.add_argument("--work", default="/tmp/grpolab-bench")
     t.add_argument("--out", required=True)
     r = sub.add_parser("ratio", help="ours / TRL median step per engine")

@@ -47,8 +47,12 @@ class ModelCfg(_Strict):
     local_dir: str = D("models/Qwen3-0.6B-Base", "Folder the download stage writes the weights to (a DVC output)")
     dtype: Literal["auto", "bfloat16", "float32"] = D("auto", "Parameter dtype; auto: bf16 compute on GPU, "
                                                               "fp32 on CPU")
-    gradient_checkpointing: bool = D(True, "Recompute activations in the backward pass (less memory, ~30% "
-                                           "more compute). verl: model.enable_gradient_checkpointing")
+    gradient_checkpointing: bool | int = D(True, "Recompute decoder layers' activations in the backward pass "
+                                                 "(less memory, ~30% more compute): true = every layer, an "
+                                                 "integer N = the first N layers only, false or 0 = off. verl: "
+                                                 "model.enable_gradient_checkpointing")
+    use_liger: bool = D(False, "Liger kernels (Triton; CUDA only, `pip install liger-kernel`) for RMSNorm, "
+                               "rotary embedding and SwiGLU in training. verl: model.use_liger")
     seed: int = D(0, "Seed of the built-in tiny model's weights and format warm-up")
     manifest: str = D("results/download/manifest.json", "File listing each downloaded file's size and sha256")
 
@@ -185,6 +189,18 @@ class TrainerCfg(_Strict):
     ppo_micro_batch_size_per_gpu: int = D(4, "Sequences per forward/backward pass on each rank (gradient "
                                              "accumulation splits a mini-batch into these). verl: "
                                              "actor.ppo_micro_batch_size_per_gpu", gt=0)
+    use_dynamic_bsz: bool = D(True, "Micro-batches of packed, padding-free sequences up to "
+                                    "ppo_max_token_len_per_gpu tokens (grpolab.packing) instead of "
+                                    "ppo_micro_batch_size_per_gpu padded rows. verl: actor.use_dynamic_bsz")
+    ppo_max_token_len_per_gpu: int = D(32768, "Token budget of one packed micro-batch (prompt + response "
+                                              "tokens) with use_dynamic_bsz; a longer sequence runs alone. "
+                                              "verl: actor.ppo_max_token_len_per_gpu", gt=0)
+    use_torch_compile: bool = D(True, "torch.compile the LM head's log-prob/entropy chunk (fuses its "
+                                      "vocabulary-wide elementwise work) on CUDA; CPU runs stay eager. verl: "
+                                      "actor.use_torch_compile")
+    compile_layers: bool = D(True, "With use_torch_compile, also compile each decoder layer's forward "
+                                   "(dynamic shapes; the first step pays ~20 s of compilation). Skipped with "
+                                   "model.use_liger, whose kernels torch.compile cannot trace")
     logits_chunk_tokens: int = D(1024, "Response tokens per chunk of the checkpointed LM head in the "
                                        "log-prob pass (0 = all at once; bounds logits memory)", ge=0)
     output_dir: str = D("results/train", "Folder of the final model (and best/, with early stopping) and "

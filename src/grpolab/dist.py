@@ -69,6 +69,12 @@ def all_reduce_sum(x: float | int, device: torch.device) -> float:
     return float(t)
 
 
+def all_reduce_max(x: float | int, device: torch.device) -> float:
+    t = torch.tensor(float(x), dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
+
+
 _SUMMED = {f"reward/{r}" for r in REASONS} | {"reward/error", "perf/total_num_tokens"}  # counts
 
 

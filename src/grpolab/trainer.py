@@ -17,6 +17,7 @@ world sizes and resumes).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from . import algo, checkpoint, data, dist, health, logprobs, metrics as glossary, models, validation
+from . import algo, checkpoint, data, dist, health, logprobs, metrics as glossary, models, packing, validation
 from .config import Params
 from .reward_plugin import RewardFunctions
 from .rollout import Sampling, logprob_gap, make_engine, padded_logprobs, prompt_seed
@@ -78,26 +79,81 @@ def build_batch(rollout, pad_id: int, device) -> dict:
             "position_ids": pos.to(device), "response_mask": resp_mask.to(device), "P": P}
 
 
-def forward_logp(model, batch: dict, idx, temperature: float, with_entropy: bool, chunk: int):
+def checkpoint_layers(model, which: bool | int) -> int:
+    """Activation checkpointing of the decoder layers: True = all, N = the first N, False/0 = none.
+    Returns how many layers recompute their activations in backward."""
+    layers = model.model.layers
+    n = len(layers) if which is True else max(0, min(int(which), len(layers)))
+    if n:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        for layer in layers[n:]:
+            layer.gradient_checkpointing = False
+    return n
+
+
+def compile_layers(model) -> None:
+    """torch.compile each decoder layer's forward, shapes dynamic from the start (packed micro-batches
+    differ in length; the backward's recomputation of a checkpointed layer must find the same graph).
+    Only the forward: FSDP2's unshard/reshard hooks stay outside the compiled code."""
+    for layer in model.model.layers:
+        layer.forward = torch.compile(layer.forward, dynamic=True)
+
+
+def apply_liger(model) -> None:
+    """Liger's Triton kernels for RMSNorm, rotary embedding and SwiGLU (model.use_liger); the LM head
+    stays ours (grpolab.logprobs), which needs log-probs and entropy rather than a loss."""
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+    _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                    fused_linear_cross_entropy=False)
+
+
+def forward_logp(model, batch: dict, idx, temperature: float, with_entropy: bool, chunk: int,
+                 packed: bool = False, entropy_grad: bool = True, compiled: bool = False):
     """Log-probs (and entropy) of the response tokens at the sampling temperature. (n, R)
 
     The LM head runs over the response positions only, `chunk` tokens at a time (grpolab.logprobs):
-    the full (n, P + R, V) logits are never materialised."""
+    the full (n, P + R, V) logits are never materialised. `packed`: the rows run as one padding-free
+    sequence pack (grpolab.packing) instead of a padded (n, P + R) batch; same values."""
+    if packed:
+        pk = packing.PackedRows.build(batch, idx)
+        with logprobs.head_stats(model, pk.targets[None], temperature, chunk, with_entropy, entropy_grad,
+                                 drop_last=False, compiled=compiled), packing.packed(model):
+            out = model(input_ids=pk.input_ids, position_ids=pk.position_ids, use_cache=False,
+                        logits_to_keep=pk.keep, cu_seq_lens_q=pk.cu_seqlens, cu_seq_lens_k=pk.cu_seqlens,
+                        max_length_q=pk.max_len, max_length_k=pk.max_len)
+        return pk.scatter(out.logits[:, 0]), (pk.scatter(out.logits[:, 1]) if with_entropy else None)
     P = batch["P"]
     targets = batch["input_ids"][idx, P:]  # (n, R)
-    with logprobs.head_stats(model, targets, temperature, chunk, with_entropy):
+    with logprobs.head_stats(model, targets, temperature, chunk, with_entropy, entropy_grad, compiled=compiled):
         out = model(input_ids=batch["input_ids"][idx], attention_mask=batch["attention_mask"][idx],
                     position_ids=batch["position_ids"][idx], use_cache=False, logits_to_keep=targets.shape[1] + 1)
     stats = out.logits.reshape(*targets.shape, 2)  # (n, R, [log-prob, entropy])
     return stats[..., 0], (stats[..., 1] if with_entropy else None)
 
 
+def micro_splits(batch: dict, rows: torch.Tensor, p: Params, device) -> list[torch.Tensor]:
+    """A mini-batch's rows (on this rank) as micro-batches: `ppo_micro_batch_size_per_gpu` rows at a
+    time, or with trainer.use_dynamic_bsz token-budget bins of packed sequences whose count every rank
+    agrees on (FSDP2 gathers parameters in each forward, so ranks run as many)."""
+    if not p.trainer.use_dynamic_bsz:
+        micro = p.trainer.ppo_micro_batch_size_per_gpu
+        return [rows[s:s + micro] for s in range(0, len(rows), micro)]
+    lengths = batch["attention_mask"][rows].sum(-1).tolist()
+    bins = packing.plan(lengths, p.trainer.ppo_max_token_len_per_gpu,
+                        agree=lambda k: int(dist.all_reduce_max(k, device)))
+    return [rows[torch.tensor(b, device=rows.device)] for b in bins]
+
+
 @torch.no_grad()
-def logp_all(model, batch, temperature, micro: int, chunk: int) -> torch.Tensor:
-    N = batch["input_ids"].shape[0]
-    parts = [forward_logp(model, batch, slice(s, s + micro), temperature, False, chunk)[0]
-             for s in range(0, N, micro)]
-    return torch.cat(parts)
+def logp_all(model, batch, temperature: float, splits: list, chunk: int, packed: bool = False,
+             compiled: bool = False) -> torch.Tensor:
+    """Log-probs of every row's response tokens (N, R), one forward per micro-batch of `splits`."""
+    ids = batch["input_ids"]
+    out = torch.zeros(ids.shape[0], ids.shape[1] - batch["P"], device=ids.device)
+    for idx in splits:
+        out[idx] = forward_logp(model, batch, idx, temperature, False, chunk, packed=packed, compiled=compiled)[0].float()
+    return out
 
 
 def validation_value(m: dict, metric: str) -> float | None:
@@ -166,14 +222,27 @@ class Trainer:
         workers = max(1, (os.cpu_count() or 1) // max(1, p.n_gpus_per_node))
         self.scorer = RewardFunctions(p.reward.function, p.reward.timeout_s, num_workers=workers)
         self.model, self.tok = models.load(model_dir, dtype=torch.float32, device=self.device)
-        if p.model.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        checkpoint_layers(self.model, p.model.gradient_checkpointing)
         self.ref = None
         if p.kl_loss_coef > 0:
             self.ref, _ = models.load(model_dir, dtype=torch.float32, device=self.device)
             self.ref.eval().requires_grad_(False)
+        if p.model.use_liger:
+            for m in (self.model, self.ref):
+                if m is not None:
+                    apply_liger(m)
+        if self.ref is not None:
             self.shard(self.ref)
         self.shard(self.model)
+        self.compiled = p.trainer.use_torch_compile and self.device.type == "cuda"  # CPU runs stay eager
+        if self.compiled and p.trainer.compile_layers:
+            if p.model.use_liger:
+                warn("trainer.compile_layers: skipped, Liger's kernels (model.use_liger) cannot be traced by "
+                     "torch.compile; the LM head is still compiled")
+            else:
+                for m in (self.model, self.ref):
+                    if m is not None:
+                        compile_layers(m)
         kw = dict(count_tokens=lambda msgs: len(self.encode_prompt(msgs)),
                   max_prompt_length=p.max_prompt_length, skip_bad_rows=p.data.skip_bad_rows)
         self.train_set, self.skipped = data.load_examples(p.data.train_files, **kw)
@@ -257,31 +326,9 @@ class Trainer:
         batch = build_batch(rollout, self.tok.pad_token_id, self.device)
         batch["response_mask"] *= keep.to(self.device).unsqueeze(-1).float()  # dropped groups: no loss
         t = lap("adv", t)
-        # 4. old and reference log-probs
-        micro = p.trainer.ppo_micro_batch_size_per_gpu
-        self.model.eval()
-        chunk = p.trainer.logits_chunk_tokens
-        old_logp = logp_all(self.model, batch, p.temperature, micro, chunk)
-        t = lap("old_log_prob", t)
-        ref_logp = None
-        if self.ref is not None:
-            ref_logp = logp_all(self.ref, batch, p.temperature, micro, chunk)
-            t = lap("ref", t)
-        engine = padded_logprobs(rollout, old_logp.shape[1], self.device)  # ((N, R), (N,)) or None
-        tis = None
-        if engine is not None:
-            engine_logp, rows = engine
-            resp = batch["attention_mask"][:, batch["P"]:] * rows.unsqueeze(-1)
-            metrics.update(logprob_gap(old_logp, engine_logp, resp))
-            if p.tis_imp_ratio_cap:
-                if not bool(rows.all()):
-                    raise RuntimeError("tis_imp_ratio_cap needs the engine's log-probs of every response")
-                tis = algo.tis_weights(old_logp, engine_logp, p.tis_imp_ratio_cap)  # (N, R)
-        # 5. ppo_epochs x mini-batches of updates
-        self.model.train()
-        metrics.update(self.update(batch, old_logp, ref_logp, adv.to(self.device), tis))
-        self.sched.step()
-        t = lap("update_actor", t)
+        # 4-5. old and reference log-probs, then ppo_epochs x mini-batches of updates
+        metrics.update(self.learn(batch, adv.to(self.device), rollout, timing))
+        t = clock()
         self.engine.sync_weights(self.model)  # pushed at the next wake
         lap("update_weights", t)
         timing["step"] = clock() - t0
@@ -306,40 +353,91 @@ class Trainer:
         out.update(glossary.throughput_metrics(out["perf/total_num_tokens"], out["timing_s/step"], ctx.world))
         return out
 
-    def update(self, batch, old_logp, ref_logp, adv, tis=None) -> dict:
-        """ppo_epochs passes of mini-batch updates; losses scaled by global counts (see module doc)."""
-        p, ctx, micro = self.p, self.ctx, self.p.trainer.ppo_micro_batch_size_per_gpu
+    def on_policy(self) -> bool:
+        """One PPO epoch over one mini-batch: the policy is still the rollout's at every micro-batch,
+        so the old log-probs equal the update's own (detached) and their pass is skipped (verl)."""
+        return self.p.ppo_epochs == 1 and self.p.train_prompt_mini_bsz >= self.p.train_prompt_bsz
+
+    def learn(self, batch: dict, adv: torch.Tensor, rollout, timing: dict) -> dict:
+        """Old and reference log-probs, then the updates; fills timing_s/{old_log_prob, ref,
+        update_actor}. The engine's log-prob gap (and TIS) compare against the old log-probs."""
+        p, clock = self.p, time.perf_counter
+        self.model.eval()
+        splits = micro_splits(batch, torch.arange(len(adv), device=self.device), p, self.device)
+        args = (batch, p.temperature, splits, p.trainer.logits_chunk_tokens, p.trainer.use_dynamic_bsz, self.compiled)
+        old_logp, timing["old_log_prob"] = None, 0.0  # on-policy: the update's own log-probs serve
+        if not self.on_policy():
+            t = clock()
+            old_logp = logp_all(self.model, *args)
+            timing["old_log_prob"] = clock() - t
+        ref_logp = None
+        if self.ref is not None:
+            t = clock()
+            ref_logp = logp_all(self.ref, *args)
+            timing["ref"] = clock() - t
+        engine = padded_logprobs(rollout, batch["response_mask"].shape[1], self.device)  # ((N, R), (N,)) or None
+        if engine is not None and p.tis_imp_ratio_cap and not bool(engine[1].all()):
+            raise RuntimeError("tis_imp_ratio_cap needs the engine's log-probs of every response")
+        t = clock()
+        self.model.train()
+        metrics, seen, filled = self.update(batch, old_logp, ref_logp, adv, None if engine is None else engine[0])
+        self.sched.step()
+        timing["update_actor"] = clock() - t
+        if engine is not None:
+            engine_logp, rows = engine
+            resp = batch["attention_mask"][:, batch["P"]:] * (rows & filled).unsqueeze(-1)
+            metrics.update(logprob_gap(seen, engine_logp, resp))
+        return metrics
+
+    def update(self, batch, old_logp, ref_logp, adv, engine_logp=None) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        """ppo_epochs passes of mini-batch updates; losses scaled by global counts (see module doc).
+        old_logp None: on-policy (`on_policy`), the first pass's own log-probs, detached, serve as old.
+        engine_logp (N, R) with tis_imp_ratio_cap: truncated importance weights against the old ones.
+        Returns the metrics, the old log-probs used (N, R) and which rows have them (N,) bool."""
+        p, ctx = self.p, self.ctx
         mask = batch["response_mask"]
         per_mini = (p.train_prompt_mini_bsz // ctx.world) * p.n_resp_per_prompt
         mode = p.loss_agg_mode
+        entropy_grad = p.entropy_coeff != 0
         stats, grad_norms = [], []
         N = mask.shape[0]
-        for _ in range(p.ppo_epochs):
-            for m0 in range(0, N, per_mini):
-                rows = torch.arange(m0, min(m0 + per_mini, N), device=self.device)
-                total = dist.all_reduce_sum(algo.agg_units(mask[rows], mode), self.device)
-                if total == 0:  # every group of this mini-batch dropped, on every rank
-                    continue
-                self.opt.zero_grad(set_to_none=True)
-                for s in range(0, len(rows), micro):
-                    idx = rows[s:s + micro]
-                    logp, ent = forward_logp(self.model, batch, idx, p.temperature, True,
-                                             p.trainer.logits_chunk_tokens)
-                    loss, st = algo.actor_loss(
-                        logp, old_logp[idx], None if ref_logp is None else ref_logp[idx], adv[idx],
-                        mask[idx], ent, self.loss_cfg, token_weights=None if tis is None else tis[idx])
-                    num, den = algo.micro_batch_share(mask[idx], total, mode)
-                    (loss * num / den * ctx.world).backward()  # FSDP averages over ranks
-                    stats.append(st)
-                gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.grad_clip)
-                gn = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)  # DTensor under FSDP2
-                grad_norms.append(gn)
-                if math.isfinite(gn):
-                    self.opt.step()
+        seen = torch.zeros_like(mask) if old_logp is None else old_logp
+        filled = torch.full((N,), old_logp is not None, dtype=torch.bool, device=self.device)
+        # packed: the backward's recomputation of checkpointed layers must attend as the forward did
+        with packing.packed(self.model) if p.trainer.use_dynamic_bsz else contextlib.nullcontext():
+            for _ in range(p.ppo_epochs):
+                for m0 in range(0, N, per_mini):
+                    rows = torch.arange(m0, min(m0 + per_mini, N), device=self.device)
+                    total = dist.all_reduce_sum(algo.agg_units(mask[rows], mode), self.device)
+                    if total == 0:  # every group of this mini-batch dropped, on every rank
+                        continue
+                    self.opt.zero_grad(set_to_none=True)
+                    for idx in micro_splits(batch, rows, p, self.device):
+                        logp, ent = forward_logp(self.model, batch, idx, p.temperature, True,
+                                                 p.trainer.logits_chunk_tokens, packed=p.trainer.use_dynamic_bsz,
+                                                 entropy_grad=entropy_grad, compiled=self.compiled)
+                        if old_logp is None:
+                            seen[idx] = logp.detach().float()
+                            filled[idx] = True
+                        old = seen[idx]
+                        tis = None
+                        if engine_logp is not None and p.tis_imp_ratio_cap:
+                            tis = algo.tis_weights(old, engine_logp[idx], p.tis_imp_ratio_cap)
+                        loss, st = algo.actor_loss(
+                            logp, old, None if ref_logp is None else ref_logp[idx], adv[idx],
+                            mask[idx], ent, self.loss_cfg, token_weights=tis)
+                        num, den = algo.micro_batch_share(mask[idx], total, mode)
+                        (loss * num / den * ctx.world).backward()  # FSDP averages over ranks
+                        stats.append(st)
+                    gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.grad_clip)
+                    gn = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)  # DTensor under FSDP2
+                    grad_norms.append(gn)
+                    if math.isfinite(gn):
+                        self.opt.step()
         out = mean_metrics(stats) if stats else {}
         out["actor/grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else 0.0
         out["actor/grad_norm_max"] = max(grad_norms, default=0.0)
-        return out
+        return out, seen, filled
 
     # ---------------------------------------------------------------------------------------------
     def validate(self) -> dict:

@@ -1,0 +1,283 @@
+"""The trainer's log-prob + update phase on a GPU: tokens/s, TFLOP/s and MFU against the bf16 matmul
+rate measured in the same process, peak memory, and a torch-profiler breakdown.
+
+    python benchmarks/train_phase.py all --out DIR [--shapes 64x512,2048x4096] [--variants a,b]
+    python benchmarks/train_phase.py one --variant packed --shape 64x512 --out F.json [--profile F.txt]
+    torchrun --nproc-per-node 2 benchmarks/train_phase.py one --variant packed ...   # per-GPU numbers
+
+The batch is rollout-shaped and synthetic (random token ids, random +-1 advantages): `64x512` is
+issue 9's step (8 prompts x 16 responses, 64-token prompts, every response 512 tokens, as random
+weights give), `2048x4096` 32 sequences with prompts of 256-2048 and responses of 512-4096 tokens
+(uniform, seeded: what padding costs). Model: Qwen3-0.6B's shape with random weights, bf16 compute,
+fp32 master weights (FSDP2), AdamW, KL 0.001 against a reference model, entropy as a metric, one
+PPO epoch over one mini-batch (so the old-log-prob pass is skipped where the variant allows it).
+
+MFU = 6 x params x trained tokens / update time / matmul rate (the usual count: forward 2, backward
+4; attention and recomputation not counted). `phase_mfu` counts the reference (and old-log-prob)
+forwards as useful work too: (6 + 2 (+ 2)) x params x tokens over the whole phase. Variants:
+
+    before           padded micro-batches of 4 rows, every layer checkpointed, old-log-prob pass always, eager
+    packed           token-budget micro-batches of packed sequences (16,384 tokens), old pass skipped, eager
+    packed_nogc      ... without activation checkpointing
+    liger_eager      packed_nogc + Liger's RMSNorm / rotary / SwiGLU kernels, 32,768-token budget, eager head
+    head_compiled    packed_nogc, 32,768 tokens, only the LM head's chunk compiled
+    liger            liger_eager with the compiled head (Liger's kernels cannot be traced: layers stay eager)
+    compiled         packed_nogc, 32,768 tokens, head and decoder layers compiled (trainer.use_torch_compile)
+    compiled_16k     ... with a 16,384-token budget; compiled_gc / compiled_gc14: checkpointing all / 14 layers
+    defaults         the schema's defaults
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+EAGER = {"use_torch_compile": False}
+HEAD_ONLY = {"compile_layers": False}
+VARIANTS = {
+    "before": {"trainer": {"use_dynamic_bsz": False, **EAGER}, "model": {"gradient_checkpointing": True},
+               "_old_pass": True},
+    "packed": {"model": {"gradient_checkpointing": True}, "trainer": {"ppo_max_token_len_per_gpu": 16384, **EAGER}},
+    "packed_nogc": {"model": {"gradient_checkpointing": False},
+                    "trainer": {"ppo_max_token_len_per_gpu": 16384, **EAGER}},
+    "liger_eager": {"model": {"gradient_checkpointing": False, "use_liger": True},
+                    "trainer": {"ppo_max_token_len_per_gpu": 32768, **EAGER}},
+    "head_compiled": {"model": {"gradient_checkpointing": False},
+                      "trainer": {"ppo_max_token_len_per_gpu": 32768, **HEAD_ONLY}},
+    "liger": {"model": {"gradient_checkpointing": False, "use_liger": True},
+              "trainer": {"ppo_max_token_len_per_gpu": 32768}},
+    "compiled": {"model": {"gradient_checkpointing": False}, "trainer": {"ppo_max_token_len_per_gpu": 32768}},
+    "compiled_16k": {"model": {"gradient_checkpointing": False}},
+    "compiled_gc": {"model": {"gradient_checkpointing": True}, "trainer": {"ppo_max_token_len_per_gpu": 32768}},
+    "compiled_gc14": {"model": {"gradient_checkpointing": 14}, "trainer": {"ppo_max_token_len_per_gpu": 32768}},
+    "defaults": {},
+}
+SHAPES = {"64x512": (64, 512, 128, "full"), "2048x4096": (2048, 4096, 32, "mixed")}
+CPU_CHECK = not os.environ.get("BENCH_DEVICE", "cuda") == "cuda"  # BENCH_DEVICE=cpu: the tiny model, tiny shapes
+if CPU_CHECK:
+    SHAPES = {"64x512": (24, 32, 32, "full"), "2048x4096": (32, 64, 32, "mixed")}
+    VARIANTS = {k: v for k, v in VARIANTS.items() if k in ("before", "packed", "packed_nogc")}
+MODEL = "builtin:tiny-qwen3" if CPU_CHECK else "builtin:qwen3-0.6b-random"
+
+
+def matmul_tflops(n: int = 8192, iters: int = 20) -> float:
+    import torch
+
+    if CPU_CHECK:
+        n, iters = 512, 5
+        x = torch.randn(n, n)
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            x @ x
+        return 2 * n ** 3 * iters / (time.perf_counter() - t0) / 1e12
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * n ** 3 * iters / (start.elapsed_time(end) / 1e3) / 1e12
+
+
+def synthetic_rollout(shape: str, rank: int, world: int, seed: int = 0):
+    """This rank's share of the step's sequences (prompt groups of 16 stay together)."""
+    import torch
+
+    from grpolab.rollout import Rollout
+
+    P, R, N, kind = SHAPES[shape]
+    g = torch.Generator().manual_seed(seed)
+    groups = N // 16
+    prompts, responses, group = [], [], []
+    for gi in range(groups):
+        plen = P if kind == "full" else int(torch.randint(P // 8, P + 1, (1,), generator=g))
+        vocab = 100 if CPU_CHECK else 150000
+        prompt = torch.randint(10, vocab, (plen,), generator=g).tolist()
+        for _ in range(16):
+            rlen = R if kind == "full" else int(torch.randint(R // 8, R + 1, (1,), generator=g))
+            prompts.append(prompt)
+            responses.append(torch.randint(10, vocab, (rlen,), generator=g).tolist())
+            group.append(gi)
+    per = len(prompts) // world
+    sl = slice(rank * per, (rank + 1) * per)
+    grp = torch.tensor(group[sl])
+    return Rollout(prompts[sl], responses[sl], grp - grp.min(), torch.zeros(per, dtype=torch.bool))
+
+
+def params(variant: str, shape: str, world: int, work: Path):
+    from grpolab import config, util
+
+    P, R, N, _ = SHAPES[shape]
+    base = {
+        "exp_name": f"train-phase-{variant}", "seed": 0, "n_gpus_per_node": world,
+        "train_prompt_bsz": N // 16, "train_prompt_mini_bsz": N // 16, "n_resp_per_prompt": 16,
+        "max_prompt_length": P, "max_response_length": R, "ppo_epochs": 1, "kl_loss_coef": 0.001,
+        "model": {"path": MODEL, "dtype": "auto"},
+        "data": {"train_files": [str(work / "rows.json")], "val_files": [str(work / "rows.json")]},
+        "rollout": {"engine": "hf"},
+        "trainer": {"device": "cpu" if CPU_CHECK else "cuda", "ppo_micro_batch_size_per_gpu": 4, "save_freq": 0, "test_freq": 0,
+                    "output_dir": str(work / "out")},
+        "tracking": {"mlflow": False, "wandb": False},
+    }
+    over = {k: v for k, v in VARIANTS[variant].items() if not k.startswith("_")}
+    return config.validate(util.deep_merge(base, over))
+
+
+def profile_table(prof, limit: int = 30) -> str:
+    """Top CUDA kernels by device time, and the time by kind (matmul, attention, elementwise...)."""
+    rows = [e for e in prof.key_averages() if getattr(e, "device_time_total", 0) > 0]
+    total = sum(e.self_device_time_total for e in rows) or 1.0
+    kinds: dict[str, float] = {}
+    for e in rows:
+        name = e.key.lower()
+        kind = ("matmul" if any(k in name for k in ("gemm", "matmul", "mm_", "cutlass", "sm90_xmma", "nvjet")) else
+                "attention" if any(k in name for k in ("flash", "attention", "fmha")) else
+                "nccl" if "nccl" in name else
+                "optimizer" if any(k in name for k in ("adam", "foreach", "multi_tensor")) else
+                "triton" if "triton" in name else "other")
+        kinds[kind] = kinds.get(kind, 0.0) + e.self_device_time_total
+    lines = [f"device time {total / 1e3:.1f} ms; by kind: " +
+             ", ".join(f"{k} {v / total:.1%}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))]
+    lines.append(prof.key_averages().table(sort_by="self_device_time_total", row_limit=limit, max_name_column_width=70))
+    return "\n".join(lines)
+
+
+def one(a) -> dict:
+    import torch
+
+    from grpolab import models, trainer as tr
+
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    work = Path(a.work) / f"{a.variant}-{a.shape}"
+    work.mkdir(parents=True, exist_ok=True)
+    model_dir = models.fetch(MODEL, "main", Path(a.model))
+    (work / "rows.json").write_text(json.dumps([{"prompt": [{"role": "user", "content": "1+1?"}],
+                                                 "data_source": "bench", "reward_model": {"ground_truth": "2"}}]))
+    p = params(a.variant, a.shape, world, work)
+    spec = VARIANTS[a.variant]
+    if spec.get("_old_pass"):
+        tr.Trainer.on_policy = lambda self: False  # the code before issue 14 always ran the old pass
+    t = tr.Trainer(p, model_dir)
+    peak_tflops = matmul_tflops()
+    rollout = synthetic_rollout(a.shape, t.ctx.rank, world)
+    batch = tr.build_batch(rollout, t.tok.pad_token_id, t.device)
+    adv = (torch.randint(0, 2, (len(rollout.response_ids),), generator=torch.Generator().manual_seed(1)) * 2 - 1
+           ).float().to(t.device)
+    tokens = int(batch["attention_mask"].sum())
+    padded = batch["attention_mask"].numel()
+    n_params = sum(x.numel() for x in t.model.parameters())  # DTensor numel: the global count
+    cuda = torch.cuda.is_available() and not CPU_CHECK
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    steps = []
+    for i in range(a.steps):
+        sync()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        timing = {}
+        prof = None
+        if a.profile and i == a.steps - 1 and rank == 0:
+            prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                      torch.profiler.ProfilerActivity.CUDA])
+            prof.__enter__()
+        t0 = time.perf_counter()
+        m = t.learn(batch, adv, rollout, timing)
+        sync()
+        wall = time.perf_counter() - t0
+        if prof is not None:
+            prof.__exit__(None, None, None)
+            Path(a.profile).write_text(profile_table(prof) + "\n")
+            continue  # the profiled step is slower; not timed
+        steps.append({"wall_s": wall, **{k: v for k, v in timing.items()},
+                      "peak_gb": tr.peak_memory_gb(t.device), "grad_norm": m["actor/grad_norm"]})
+        if rank == 0:
+            print(f"[{a.variant} {a.shape}] step {i}: {wall:.2f} s {timing}", flush=True)
+    later = steps[1:] or steps
+    med = lambda k: statistics.median(s[k] for s in later)  # noqa: E731
+    upd = med("update_actor")
+    phase = med("wall_s")
+    useful_phase = (6 + 2 * ("ref" in later[0]) + 2 * (later[0].get("old_log_prob", 0) > 0.01)) * n_params * tokens
+    out = {
+        "variant": a.variant, "shape": a.shape, "world_size": world, "rank": rank,
+        "gpu": torch.cuda.get_device_name() if cuda else "cpu", "matmul_tflops": peak_tflops, "params": n_params,
+        "tokens_per_gpu": tokens, "padded_tokens_per_gpu": padded, "sequences_per_gpu": len(rollout.response_ids),
+        "update_s": upd, "phase_s": phase, "old_log_prob_s": med("old_log_prob"), "ref_s": med("ref"),
+        "update_tokens_per_s": tokens / upd, "phase_tokens_per_s": tokens / phase,
+        "update_tflops": 6 * n_params * tokens / upd / 1e12,
+        "train_mfu": 6 * n_params * tokens / upd / 1e12 / peak_tflops,
+        "phase_mfu": useful_phase / phase / 1e12 / peak_tflops,
+        "peak_gb": max(s["peak_gb"] for s in steps), "steps": steps,
+        "config": {k: v for k, v in VARIANTS[a.variant].items()},
+    }
+    if rank == 0:
+        print(json.dumps({k: v for k, v in out.items() if k != "steps"}, indent=1), flush=True)
+    Path(a.out if world == 1 else f"{a.out}.rank{rank}").write_text(json.dumps(out, indent=1) + "\n")
+    t.scorer.close()
+    return out
+
+
+def run_all(a) -> None:
+    """Each variant x shape in its own process (memory, crashes and compile caches kept apart)."""
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for shape in a.shapes.split(","):
+        for v in a.variants.split(","):
+            f = out / f"{v}-{shape}.json"
+            cmd = [sys.executable, __file__, "one", "--variant", v, "--shape", shape, "--out", str(f),
+                   "--model", a.model, "--steps", str(a.steps), "--work", a.work]
+            if v in a.profile.split(","):
+                cmd += ["--profile", str(out / f"profile-{v}-{shape}.txt")]
+            t0 = time.perf_counter()
+            try:
+                r = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
+            except subprocess.TimeoutExpired as e:
+                text = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+                r = subprocess.CompletedProcess(cmd, 124, text + f"\ntimed out after {a.timeout} s", "")
+            (out / f"{v}-{shape}.log").write_text(r.stdout + r.stderr)
+            if r.returncode == 0 and f.exists():
+                res = json.loads(f.read_text())
+                results.append({k: res[k] for k in ("variant", "shape", "update_s", "phase_s", "update_tokens_per_s",
+                                                     "update_tflops", "train_mfu", "phase_mfu", "peak_gb",
+                                                     "tokens_per_gpu", "padded_tokens_per_gpu", "matmul_tflops", "gpu")})
+                print(f"{v:12s} {shape:10s} update {res['update_s']:.2f} s  phase {res['phase_s']:.2f} s  "
+                      f"{res['update_tokens_per_s']:,.0f} tok/s  MFU {res['train_mfu']:.1%} (phase {res['phase_mfu']:.1%})  "
+                      f"peak {res['peak_gb']:.1f} GB  [{time.perf_counter() - t0:.0f} s]", flush=True)
+            else:
+                tail = (r.stdout + r.stderr).strip().splitlines()[-3:]
+                results.append({"variant": v, "shape": shape, "error": " | ".join(tail)})
+                print(f"{v:12s} {shape:10s} FAILED rc={r.returncode}: {' | '.join(tail)}", flush=True)
+    (out / "train-phase.json").write_text(json.dumps(results, indent=1) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=["one", "all"])
+    ap.add_argument("--variant", default="packed", choices=sorted(VARIANTS))
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--shape", default="64x512", choices=sorted(SHAPES))
+    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--profile", default="", help="one: profile file; all: variants to profile (comma-separated)")
+    ap.add_argument("--model", default="/tmp/qwen3-0.6b-random")
+    ap.add_argument("--work", default="/tmp/grpolab-train-phase")
+    ap.add_argument("--timeout", type=int, default=240)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    (one if a.mode == "one" else run_all)(a)
+
+
+if __name__ == "__main__":
+    main()
