@@ -137,7 +137,9 @@ def params(variant: str, shape: str, world: int, work: Path):
 
 def profile_table(prof, limit: int = 30) -> str:
     """Top CUDA kernels by device time, and the time by kind (matmul, attention, elementwise...)."""
-    rows = [e for e in prof.key_averages() if getattr(e, "device_time_total", 0) > 0]
+    # kernels only (an operator's row repeats the time of the kernels it launched)
+    rows = [e for e in prof.key_averages() if getattr(e, "device_type", None) is not None
+            and e.device_type.name == "CUDA" and e.self_device_time_total > 0]
     total = sum(e.self_device_time_total for e in rows) or 1.0
     kinds: dict[str, float] = {}
     for e in rows:

@@ -42,6 +42,21 @@ def tiny_params(*overrides: dict) -> dict:
     return params
 
 
+def random_qwen3(vocab: int = 97, max_positions: int = 128):
+    """A 2-layer Qwen3 with weights larger than the init (logits far from uniform), seed 0."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen3Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, tie_word_embeddings=True,
+                      max_position_embeddings=max_positions)
+    m = Qwen3ForCausalLM(cfg).float()
+    for w in m.parameters():
+        torch.nn.init.normal_(w, std=0.3)
+    return m
+
+
 def env_for(home: Path, key: str | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "DVC_"))}
     env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", HOME=str(home), WANDB_INIT_TIMEOUT="2",

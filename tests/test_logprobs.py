@@ -2,24 +2,17 @@
 values and gradients, on a real (small, random) Qwen3 model."""
 import pytest
 import torch
-from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from grpolab import algo
 from grpolab.trainer import forward_logp, logp_all
+from conftest import random_qwen3
 
 P, R, V = 5, 9, 97
 
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    cfg = Qwen3Config(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, tie_word_embeddings=True,
-                      max_position_embeddings=64)
-    m = Qwen3ForCausalLM(cfg).float()
-    for w in m.parameters():  # larger weights than the init: logits far from uniform
-        torch.nn.init.normal_(w, std=0.3)
-    return m
+    return random_qwen3(V, max_positions=64)
 
 
 @pytest.fixture(scope="module")

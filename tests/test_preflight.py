@@ -33,9 +33,34 @@ def cfg_file(tmp_path):
 
 def recipe(**over) -> config.Params:
     """The seed recipe (Params defaults) as it runs with vLLM rollouts, the engine preflight sizes the
-    KV-cache budget for, with overrides."""
+    KV-cache budget for, with overrides; padded micro-batches of ppo_micro_batch_size_per_gpu rows (as
+    the seed ran) unless `trainer.use_dynamic_bsz` is given."""
     over["rollout"] = {"engine": "vllm", **over.get("rollout", {})}
+    over["trainer"] = {"use_dynamic_bsz": False, **over.get("trainer", {})}
     return config.Params.model_validate(over)
+
+
+def test_packed_micro_batches_hold_the_token_budget_or_one_sequence():
+    H, I, q, kv, L = 1024, 3072, 2048, 1024, 28
+    act = preflight.ACT_ELEMS["H"] * H + preflight.ACT_ELEMS["I"] * I + preflight.ACT_ELEMS["q"] * q \
+        + preflight.ACT_ELEMS["kv"] * kv
+    seed = preflight.estimate(recipe(trainer={"use_dynamic_bsz": True}), QWEN3_06B, 80)  # 34,816 > 32,768
+    assert seed["tokens"]["per_micro_batch"] == 2048 + 32768
+    short = recipe(max_response_length=4096, trainer={"use_dynamic_bsz": True}, model={"gradient_checkpointing": 10})
+    est = preflight.estimate(short, QWEN3_06B, 80)
+    T = 32768  # the default budget, above one 6,144-token sequence
+    assert est["tokens"]["per_micro_batch"] == T
+    b = 2  # bf16 on GPU
+    by_hand = (L - 10) * T * act * b + 10 * T * H * b + T * act * b  # 18 layers keep all, 10 only their input
+    assert est["memory_gb"]["activations"] * GIB == pytest.approx(by_hand)
+    assert est["memory_gb"]["activations_no_gc"] > est["memory_gb"]["activations"] > est["memory_gb"]["activations_gc"]
+    big = recipe(max_response_length=4096, trainer={"use_dynamic_bsz": True, "ppo_max_token_len_per_gpu": 1_048_576},
+                 model={"gradient_checkpointing": False})
+    assert not preflight.estimate(big, QWEN3_06B, 80)["fits"]
+    tip = preflight.what_fits(big, QWEN3_06B, 80)[0]
+    budget = int(tip.split("ppo_max_token_len_per_gpu=")[1].split("`")[0])
+    assert preflight.estimate(big, QWEN3_06B, 80, token_budget=budget)["fits"]
+    assert not preflight.estimate(big, QWEN3_06B, 80, token_budget=budget * 2)["fits"]
 
 
 def test_param_count_matches_hand_count(cfg_file):
@@ -157,10 +182,10 @@ def test_cli_refuses_full_vocabulary_logits_and_accepts_the_seed_recipe(tmp_path
     r = _cli("params.yaml", "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     est = json.loads(r.stdout)
-    assert est["fits"] and est["tokens"]["per_micro_batch"] == 4 * (2048 + 32768)
+    assert est["fits"] and est["tokens"]["per_micro_batch"] == 2048 + 32768  # packed: one sequence > the budget
     # a smaller device refuses the same recipe, with what would fit there
-    r = _cli("params.yaml", "--device-memory-gb", "16", cwd=tmp_path)
-    assert r.returncode == 1 and "cannot run on 16 GB GPUs" in r.stderr and "dvc exp run -S" in r.stderr
+    r = _cli("params.yaml", "--device-memory-gb", "8", cwd=tmp_path)
+    assert r.returncode == 1 and "cannot run on 8 GB GPUs" in r.stderr and "dvc exp run -S" in r.stderr
 
 
 def test_cli_without_a_model_config_says_where_it_looked(tmp_path):

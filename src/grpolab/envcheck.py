@@ -22,7 +22,22 @@ def device_errors(p: Params) -> list[str]:
     return errors
 
 
+def kernel_errors(p: Params) -> list[str]:
+    """model.use_liger needs CUDA (Triton kernels) and the liger-kernel package."""
+    if not p.model.use_liger:
+        return []
+    import importlib.util
+
+    import torch
+
+    if p.trainer.device == "cpu" or not torch.cuda.is_available():
+        return ["model.use_liger: true — Liger's kernels run on CUDA only (set it false on CPU)"]
+    if importlib.util.find_spec("liger_kernel") is None:
+        return ["model.use_liger: true — liger-kernel is not installed: `pip install liger-kernel`"]
+    return []
+
+
 def environment_errors(p: Params) -> list[str]:
     from .rollout import engine_errors
 
-    return engine_errors(p) + device_errors(p)
+    return engine_errors(p) + device_errors(p) + kernel_errors(p)

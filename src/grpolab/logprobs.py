@@ -44,7 +44,7 @@ def chunk_fn(compiled: bool):
     if not compiled:
         return _chunk_stats
     if "f" not in _compiled:
-        _compiled["f"] = torch.compile(_chunk_stats, dynamic=False)
+        _compiled["f"] = torch.compile(_chunk_stats, dynamic=True)  # the last chunk of each pass is shorter
     return _compiled["f"]
 
 

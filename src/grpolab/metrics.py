@@ -37,9 +37,11 @@ GLOSSARY: dict[str, str] = {
     "batch/solve_all": "fraction of prompt groups whose scores are all exactly 1 (Archer2.0 logs the count)",
     "batch/valid": "fraction of prompt groups kept by filter_groups_rule (all groups count when "
                    "filter_groups is off)",
-    # actor (means over micro-batches of the step's updates)
-    "actor/pg_loss": "policy-gradient loss (PPO-clip or ASPO) aggregated by loss_agg_mode, mean over "
-                     "micro-batches as Archer2.0 (verl >= 0.6 sums its mini-batch means instead)",
+    # actor (each mini-batch's value weights its micro-batches by their share of the response tokens,
+    # so packing and world size do not change it; then the mean over the step's mini-batch updates)
+    "actor/pg_loss": "policy-gradient loss (PPO-clip or ASPO) aggregated by loss_agg_mode, token-weighted "
+                     "over micro-batches, mean over mini-batch updates (Archer2.0 averages micro-batches "
+                     "equally; verl >= 0.6 sums its mini-batch means)",
     "actor/pg_clipfrac": "fraction of tokens where the clipped ratio term was active",
     "actor/pg_clipfrac_lower": "fraction of tokens where the dual clip (A < 0) was active",
     "actor/negative_pg_clipfrac_dual": "ASPO: share of A < 0 tokens where the dual clip was active",

@@ -122,11 +122,13 @@ def _param_bytes(p, device: str) -> int:
 
 def estimate(p, model_config: dict, device_memory_gb: float = 80.0, device: str = "cuda",
              micro_batch: int | None = None, max_response_length: int | None = None,
-             logits_chunk_tokens: int | None = None) -> dict:
+             logits_chunk_tokens: int | None = None, token_budget: int | None = None) -> dict:
     """Per-GPU memory (GiB) by component and phase, tokens per step, and whether it fits.
 
-    `p` is a validated `Params`; `micro_batch` / `max_response_length` / `logits_chunk_tokens`
-    override the params (used to search for what would fit)."""
+    `p` is a validated `Params`; `micro_batch` / `max_response_length` / `logits_chunk_tokens` /
+    `token_budget` override the params (used to search for what would fit). With
+    trainer.use_dynamic_bsz a micro-batch holds ppo_max_token_len_per_gpu tokens (or one sequence, if
+    longer) instead of ppo_micro_batch_size_per_gpu padded rows."""
     s = shape(model_config)
     N, H, L, V, I, q, kv = s["params"], s["H"], s["L"], s["V"], s["I"], s["q"], s["kv"]
     W = p.n_gpus_per_node * p.nnodes
@@ -134,7 +136,13 @@ def estimate(p, model_config: dict, device_memory_gb: float = 80.0, device: str 
     micro = micro_batch or p.trainer.ppo_micro_batch_size_per_gpu
     Lr = max_response_length or p.max_response_length
     seq = p.max_prompt_length + Lr
-    T, R = micro * seq, micro * Lr
+    dynamic = p.trainer.use_dynamic_bsz and micro_batch is None
+    if dynamic:
+        T = max(token_budget or p.trainer.ppo_max_token_len_per_gpu, seq)
+        R = T * Lr // seq
+        micro = max(1, T // seq)
+    else:
+        T, R = micro * seq, micro * Lr
     offload = bool(getattr(p.trainer, "param_offload", False))
     chunk = p.trainer.logits_chunk_tokens if logits_chunk_tokens is None else logits_chunk_tokens
 
@@ -148,10 +156,13 @@ def estimate(p, model_config: dict, device_memory_gb: float = 80.0, device: str 
         "fsdp_gather": 2 * max(s["layer_params"], s["embedding_params"]) * b if (W > 1 or offload) else 0.0,
         "activations_no_gc": L * T * act_elems * b,
         "activations_gc": L * T * H * b + T * act_elems * b,
-        "logits": min(chunk or R, R) * V * LOGIT_FP32_BYTES,
     }
     gc = p.model.gradient_checkpointing
-    mem["activations"] = mem["activations_gc" if gc else "activations_no_gc"]
+    n_gc = L if gc is True else min(int(gc), L)  # checkpointed layers keep their input only
+    mem |= {
+        "activations": (L - n_gc) * T * act_elems * b + (n_gc * T * H * b + T * act_elems * b if n_gc else 0.0),
+        "logits": min(chunk or R, R) * V * LOGIT_FP32_BYTES,
+    }
     dev = device_memory_gb * GIB
     engine = p.rollout.engine
 
@@ -172,14 +183,14 @@ def estimate(p, model_config: dict, device_memory_gb: float = 80.0, device: str 
         "max_per_step": responses * seq,
         "max_per_step_per_gpu": responses * seq / W,
         "max_trained_per_step_per_gpu": responses * seq / W * p.ppo_epochs,
-        "micro_batches_per_step_per_gpu": -(-responses // W // micro) * p.ppo_epochs,
+        "micro_batches_per_step_per_gpu": -(-responses // W // micro) * p.ppo_epochs,  # at most (dynamic)
         "kv_cache_tokens": kv_tokens,
         "kv_cache_sequences": kv_tokens // seq if seq else 0,
     }
     out = {
         "model": {**s, "params_per_gpu": N / W},
         "world_size": W, "param_bytes": b, "device": device, "engine": engine, "released_in_training": sleep,
-        "gradient_checkpointing": gc, "param_offload": offload, "micro_batch": micro,
+        "gradient_checkpointing": gc, "param_offload": offload, "micro_batch": micro, "dynamic_bsz": dynamic,
         "max_response_length": Lr, "logits_chunk_tokens": chunk,
         "memory_gb": {k: v / GIB for k, v in mem.items()},
         "kv_cache_budget_gb": kv_budget / GIB,
@@ -210,6 +221,18 @@ def what_fits(p, model_config: dict, device_memory_gb: float = 80.0, device: str
     chunk = p.trainer.logits_chunk_tokens
     if (chunk == 0 or chunk > 1024) and est(logits_chunk_tokens=1024)["fits"]:
         return ["the LM head in 1024-token chunks fits: `dvc exp run -S trainer.logits_chunk_tokens=1024`"]
+    if p.trainer.use_dynamic_bsz:
+        seq = p.max_prompt_length + p.max_response_length
+        budget = p.trainer.ppo_max_token_len_per_gpu // 2
+        while budget >= seq:
+            if est(token_budget=budget)["fits"]:
+                return [f"packed micro-batches of {budget:,} tokens fit: "
+                        f"`dvc exp run -S trainer.ppo_max_token_len_per_gpu={budget}`"]
+            budget //= 2
+        with_gc = p.model_copy(update={"model": p.model.model_copy(update={"gradient_checkpointing": True})})
+        if p.model.gradient_checkpointing is not True and estimate(with_gc, model_config, device_memory_gb,
+                                                                    device)["fits"]:
+            return ["activation checkpointing fits: `dvc exp run -S model.gradient_checkpointing=true`"]
     for m in range(micro - 1, 0, -1):
         if est(micro_batch=m)["fits"]:
             return [f"ppo_micro_batch_size_per_gpu {m} fits: `dvc exp run -S trainer.ppo_micro_batch_size_per_gpu={m}`"]

@@ -11,6 +11,11 @@ prompt's whole group on one rank, so rank r of W holds the same prompts of every
 whatever W is. Losses are scaled by global token (or sequence) counts, so the gradient equals the
 single-process one. All algorithm math is in `grpolab.algo`; the reward in `grpolab.reward`.
 
+Training passes run packed (grpolab.packing: token-budget micro-batches of padding-free sequences)
+unless trainer.use_dynamic_bsz is off; the old-log-prob pass is skipped when on-policy (one epoch,
+one mini-batch: verl); loss metrics are token-weighted over micro-batches (`token_weighted`), so
+neither the packing nor the world size changes them.
+
 Departures from verl: the learning-rate schedule is constant with linear warmup, stepped once per
 training step; the `hf` engine samples each prompt's group from its own seed (reproducible across
 world sizes and resumes).
@@ -92,11 +97,18 @@ def checkpoint_layers(model, which: bool | int) -> int:
 
 
 def compile_layers(model) -> None:
-    """torch.compile each decoder layer's forward, shapes dynamic from the start (packed micro-batches
-    differ in length; the backward's recomputation of a checkpointed layer must find the same graph).
-    Only the forward: FSDP2's unshard/reshard hooks stay outside the compiled code."""
+    """torch.compile each decoder layer's forward for the training passes, shapes dynamic from the
+    start (packed micro-batches differ in length; the backward's recomputation of a checkpointed layer
+    must find the same graph). Calls with a KV cache (the hf engine's generate) stay eager, and FSDP2's
+    unshard/reshard hooks stay outside the compiled code (only `forward` is replaced)."""
     for layer in model.model.layers:
-        layer.forward = torch.compile(layer.forward, dynamic=True)
+        eager = layer.forward
+        compiled = torch.compile(eager, dynamic=True)
+
+        def forward(*args, _eager=eager, _compiled=compiled, **kwargs):
+            return (_eager if kwargs.get("past_key_values") is not None else _compiled)(*args, **kwargs)
+
+        layer.forward = forward
 
 
 def apply_liger(model) -> None:
@@ -165,6 +177,14 @@ def validation_value(m: dict, metric: str) -> float | None:
         return float(m[metric])
     vals = [v for k, v in m.items() if k.startswith(("val-core/", "val-aux/")) and k.endswith("/" + metric)]
     return sum(vals) / len(vals) if vals else None
+
+
+def token_weighted(parts: list[tuple[float, dict]]) -> dict:
+    """A mini-batch's loss metrics from its micro-batches' (weight, metrics): each weighted by its share
+    of the mini-batch's response tokens over all ranks (times the world size, as the ranks' values are
+    then averaged), so the values do not depend on how the rows were split into micro-batches or ranks."""
+    keys = {k for _, m in parts for k in m}
+    return {k: sum(w * m[k] for w, m in parts if k in m) for k in keys}
 
 
 def mean_metrics(rows: list[dict]) -> dict:
@@ -411,6 +431,8 @@ class Trainer:
                     total = dist.all_reduce_sum(algo.agg_units(mask[rows], mode), self.device)
                     if total == 0:  # every group of this mini-batch dropped, on every rank
                         continue
+                    tokens = dist.all_reduce_sum(float(mask[rows].sum()), self.device)
+                    weighted = []  # (token share x world, micro-batch metrics): see `token_weighted`
                     self.opt.zero_grad(set_to_none=True)
                     for idx in micro_splits(batch, rows, p, self.device):
                         logp, ent = forward_logp(self.model, batch, idx, p.temperature, True,
@@ -428,7 +450,8 @@ class Trainer:
                             mask[idx], ent, self.loss_cfg, token_weights=tis)
                         num, den = algo.micro_batch_share(mask[idx], total, mode)
                         (loss * num / den * ctx.world).backward()  # FSDP averages over ranks
-                        stats.append(st)
+                        weighted.append((float(mask[idx].sum()) / tokens * ctx.world, st))
+                    stats.append(token_weighted(weighted))
                     gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.grad_clip)
                     gn = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)  # DTensor under FSDP2
                     grad_norms.append(gn)
