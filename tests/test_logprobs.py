@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from grpolab import algo
-from grpolab.trainer import forward_logp, logp_all
+from grpolab.passes import forward_logp, logp_all
 from conftest import random_qwen3
 
 P, R, V = 5, 9, 97

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from grpolab import config, packing, trainer as tr
+from grpolab import config, packing, passes, trainer as tr
 from grpolab.rollout import Rollout
 from conftest import random_qwen3, tiny_params
 
@@ -80,7 +80,7 @@ def test_packed_forward_equals_the_padded_forward_values_and_gradients(model, ch
         for packed in (False, True):
             model.zero_grad()
             with packing.packed(model) if packed else torch.enable_grad():  # backward sees the same attention
-                lp, ent = tr.forward_logp(model, b, idx, 0.8, True, 7, packed=packed)
+                lp, ent = passes.forward_logp(model, b, idx, 0.8, True, 7, packed=packed)
                 ((lp * mask).sum() + 0.1 * (ent * mask).sum()).backward()
             results.append((lp * mask, ent * mask, {n: p.grad.clone() for n, p in model.named_parameters()}))
     finally:
@@ -100,7 +100,7 @@ def test_entropy_without_its_graph_changes_no_gradient(model):
     grads = []
     for entropy_grad in (True, False):
         model.zero_grad()
-        lp, ent = tr.forward_logp(model, b, idx, 1.0, True, 4, entropy_grad=entropy_grad)
+        lp, ent = passes.forward_logp(model, b, idx, 1.0, True, 4, entropy_grad=entropy_grad)
         d_ent = torch.autograd.grad((ent * b["response_mask"]).sum(), list(model.parameters()), retain_graph=True,
                                     allow_unused=True)
         assert any(g is not None and g.abs().sum() > 0 for g in d_ent) == entropy_grad  # no path through H
@@ -116,7 +116,7 @@ def test_checkpoint_layers_per_layer_or_off():
     for which, expect in ((True, [True] * 4), (2, [True, True, False, False]), (0, [False] * 4),
                           (False, [False] * 4), (9, [True] * 4)):
         m = Qwen3ForCausalLM(cfg)
-        assert tr.checkpoint_layers(m, which) == sum(expect)
+        assert passes.checkpoint_layers(m, which) == sum(expect)
         assert [layer.gradient_checkpointing for layer in m.model.layers] == expect
     p = config.validate(tiny_params({"model": {"gradient_checkpointing": 3}}))
     assert p.model.gradient_checkpointing == 3 and p.model.gradient_checkpointing is not True

@@ -11,7 +11,7 @@ prompt's whole group on one rank, so rank r of W holds the same prompts of every
 whatever W is. Losses are scaled by global token (or sequence) counts, so the gradient equals the
 single-process one. All algorithm math is in `grpolab.algo`; the reward in `grpolab.reward`.
 
-Training passes run packed (grpolab.packing: token-budget micro-batches of padding-free sequences)
+Training passes (grpolab.passes) run packed (grpolab.packing: token-budget micro-batches of padding-free sequences)
 unless trainer.use_dynamic_bsz is off; the old-log-prob pass is skipped when on-policy (one epoch,
 one mini-batch: verl); loss metrics are token-weighted over micro-batches (`token_weighted`), so
 neither the packing nor the world size changes them.
@@ -33,7 +33,9 @@ from pathlib import Path
 
 import torch
 
-from . import algo, checkpoint, data, dist, health, logprobs, metrics as glossary, models, packing, validation
+from . import algo, checkpoint, data, dist, health, metrics as glossary, models, packing, validation
+from .passes import (apply_liger, checkpoint_layers, compile_layers, forward_logp, logp_all,
+                     micro_splits, token_weighted)
 from .config import Params
 from .reward_plugin import RewardFunctions
 from .rollout import Sampling, logprob_gap, make_engine, padded_logprobs, prompt_seed
@@ -84,90 +86,6 @@ def build_batch(rollout, pad_id: int, device) -> dict:
             "position_ids": pos.to(device), "response_mask": resp_mask.to(device), "P": P}
 
 
-def checkpoint_layers(model, which: bool | int) -> int:
-    """Activation checkpointing of the decoder layers: True = all, N = the first N, False/0 = none.
-    Returns how many layers recompute their activations in backward."""
-    layers = model.model.layers
-    n = len(layers) if which is True else max(0, min(int(which), len(layers)))
-    if n:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        for layer in layers[n:]:
-            layer.gradient_checkpointing = False
-    return n
-
-
-def compile_layers(model) -> None:
-    """torch.compile each decoder layer's forward for the training passes, shapes dynamic from the
-    start (packed micro-batches differ in length; the backward's recomputation of a checkpointed layer
-    must find the same graph). Calls with a KV cache (the hf engine's generate) stay eager, and FSDP2's
-    unshard/reshard hooks stay outside the compiled code (only `forward` is replaced)."""
-    for layer in model.model.layers:
-        eager = layer.forward
-        compiled = torch.compile(eager, dynamic=True)
-
-        def forward(*args, _eager=eager, _compiled=compiled, **kwargs):
-            return (_eager if kwargs.get("past_key_values") is not None else _compiled)(*args, **kwargs)
-
-        layer.forward = forward
-
-
-def apply_liger(model) -> None:
-    """Liger's Triton kernels for RMSNorm, rotary embedding and SwiGLU (model.use_liger); the LM head
-    stays ours (grpolab.logprobs), which needs log-probs and entropy rather than a loss."""
-    from liger_kernel.transformers import _apply_liger_kernel_to_instance
-
-    _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
-                                    fused_linear_cross_entropy=False)
-
-
-def forward_logp(model, batch: dict, idx, temperature: float, with_entropy: bool, chunk: int,
-                 packed: bool = False, entropy_grad: bool = True, compiled: bool = False):
-    """Log-probs (and entropy) of the response tokens at the sampling temperature. (n, R)
-
-    The LM head runs over the response positions only, `chunk` tokens at a time (grpolab.logprobs):
-    the full (n, P + R, V) logits are never materialised. `packed`: the rows run as one padding-free
-    sequence pack (grpolab.packing) instead of a padded (n, P + R) batch; same values."""
-    if packed:
-        pk = packing.PackedRows.build(batch, idx)
-        with logprobs.head_stats(model, pk.targets[None], temperature, chunk, with_entropy, entropy_grad,
-                                 drop_last=False, compiled=compiled), packing.packed(model):
-            out = model(input_ids=pk.input_ids, position_ids=pk.position_ids, use_cache=False,
-                        logits_to_keep=pk.keep, cu_seq_lens_q=pk.cu_seqlens, cu_seq_lens_k=pk.cu_seqlens,
-                        max_length_q=pk.max_len, max_length_k=pk.max_len)
-        return pk.scatter(out.logits[:, 0]), (pk.scatter(out.logits[:, 1]) if with_entropy else None)
-    P = batch["P"]
-    targets = batch["input_ids"][idx, P:]  # (n, R)
-    with logprobs.head_stats(model, targets, temperature, chunk, with_entropy, entropy_grad, compiled=compiled):
-        out = model(input_ids=batch["input_ids"][idx], attention_mask=batch["attention_mask"][idx],
-                    position_ids=batch["position_ids"][idx], use_cache=False, logits_to_keep=targets.shape[1] + 1)
-    stats = out.logits.reshape(*targets.shape, 2)  # (n, R, [log-prob, entropy])
-    return stats[..., 0], (stats[..., 1] if with_entropy else None)
-
-
-def micro_splits(batch: dict, rows: torch.Tensor, p: Params, device) -> list[torch.Tensor]:
-    """A mini-batch's rows (on this rank) as micro-batches: `ppo_micro_batch_size_per_gpu` rows at a
-    time, or with trainer.use_dynamic_bsz token-budget bins of packed sequences whose count every rank
-    agrees on (FSDP2 gathers parameters in each forward, so ranks run as many)."""
-    if not p.trainer.use_dynamic_bsz:
-        micro = p.trainer.ppo_micro_batch_size_per_gpu
-        return [rows[s:s + micro] for s in range(0, len(rows), micro)]
-    lengths = batch["attention_mask"][rows].sum(-1).tolist()
-    bins = packing.plan(lengths, p.trainer.ppo_max_token_len_per_gpu,
-                        agree=lambda k: int(dist.all_reduce_max(k, device)))
-    return [rows[torch.tensor(b, device=rows.device)] for b in bins]
-
-
-@torch.no_grad()
-def logp_all(model, batch, temperature: float, splits: list, chunk: int, packed: bool = False,
-             compiled: bool = False) -> torch.Tensor:
-    """Log-probs of every row's response tokens (N, R), one forward per micro-batch of `splits`."""
-    ids = batch["input_ids"]
-    out = torch.zeros(ids.shape[0], ids.shape[1] - batch["P"], device=ids.device)
-    for idx in splits:
-        out[idx] = forward_logp(model, batch, idx, temperature, False, chunk, packed=packed, compiled=compiled)[0].float()
-    return out
-
-
 def validation_value(m: dict, metric: str) -> float | None:
     """`metric` in validation metrics `m`: a full key, or a name such as `acc/mean@4` averaged over
     data sources (`val-core/<data_source>/acc/mean@4`, `val-aux/...` as well); None when absent."""
@@ -177,14 +95,6 @@ def validation_value(m: dict, metric: str) -> float | None:
         return float(m[metric])
     vals = [v for k, v in m.items() if k.startswith(("val-core/", "val-aux/")) and k.endswith("/" + metric)]
     return sum(vals) / len(vals) if vals else None
-
-
-def token_weighted(parts: list[tuple[float, dict]]) -> dict:
-    """A mini-batch's loss metrics from its micro-batches' (weight, metrics): each weighted by its share
-    of the mini-batch's response tokens over all ranks (times the world size, as the ranks' values are
-    then averaged), so the values do not depend on how the rows were split into micro-batches or ranks."""
-    keys = {k for _, m in parts for k in m}
-    return {k: sum(w * m[k] for w, m in parts if k in m) for k in keys}
 
 
 def mean_metrics(rows: list[dict]) -> dict:
