@@ -72,3 +72,22 @@ def test_an_error_inside_the_forward_still_restores_the_head(model, batch):
     with pytest.raises(RuntimeError):  # P = 0: one target more than positions that predict one
         forward_logp(model, {**batch, "P": 0}, slice(0, 1), 1.0, True, 4)
     assert model(input_ids=batch["input_ids"][:1]).logits.shape[-1] == V
+
+
+def test_the_compiled_head_chunk_equals_the_eager_one():
+    """trainer.use_torch_compile's head (torch.compile, dynamic shapes: chunks of 16 then 5 tokens)
+    gives the eager values and gradients; entropy's graph is kept only when asked for."""
+    from grpolab import logprobs
+
+    torch.manual_seed(0)
+    h = torch.randn(37, 16, requires_grad=True)
+    w = torch.randn(50, 16, requires_grad=True)
+    t = torch.randint(0, 50, (37,))
+    runs = []
+    for compiled in (False, True):
+        st = logprobs.response_stats(h[None], w, None, t[None], 0.8, 16, True, entropy_grad=True, compiled=compiled)
+        (st[:, 0] * torch.linspace(-1, 1, 37)).sum().add(0.1 * st[:, 1].sum()).backward()
+        runs.append((st.detach().clone(), h.grad.clone(), w.grad.clone()))
+        h.grad = w.grad = None
+    for a, b in zip(*runs):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)

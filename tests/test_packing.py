@@ -171,3 +171,22 @@ def test_liger_is_refused_on_cpu_before_any_work():
     errors = envcheck.environment_errors(p)
     assert any(e.startswith("model.use_liger: true") and "CUDA" in e for e in errors), errors
     assert not envcheck.kernel_errors(config.validate(tiny_params()))
+
+
+def test_compiled_layers_equal_the_eager_ones_and_generate_stays_eager(model):
+    """trainer.compile_layers (CUDA in training; compiled here on CPU to check the wrapper): the same
+    log-probs packed and padded, and calls with a KV cache (the hf engine's generate) run eagerly."""
+    import copy
+
+    compiled = copy.deepcopy(model)
+    passes.compile_layers(compiled)
+    b = rollout_batch([4, 6, 3], [9, 5, 7])
+    idx = torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        for packed in (False, True):
+            eager_lp, _ = passes.forward_logp(model, b, idx, 1.0, False, 4, packed=packed)
+            lp, _ = passes.forward_logp(compiled, b, idx, 1.0, False, 4, packed=packed)
+            torch.testing.assert_close(lp, eager_lp, atol=1e-5, rtol=1e-5)
+        prompt = b["input_ids"][1:2, b["P"] - 6:b["P"]]
+        kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
+        assert compiled.generate(prompt, **kw).tolist() == model.generate(prompt, **kw).tolist()
