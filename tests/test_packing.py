@@ -147,14 +147,16 @@ def run_step(tmp_path, monkeypatch, name, overrides, on_policy=None):
     return m
 
 
-def test_a_training_step_is_the_same_packed_or_padded_and_with_the_old_pass_skipped(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean"])
+def test_a_training_step_is_the_same_packed_or_padded_and_with_the_old_pass_skipped(tmp_path, monkeypatch, mode):
     """Same rollout (seeded), same loss and gradient norm (Adam's first step is sign-like, so weights
     would amplify rounding noise; the forward/gradient equality is tested above)."""
-    skipped = run_step(tmp_path, monkeypatch, "skipped", {})  # the defaults: one epoch, one mini-batch
+    agg = {"loss_agg_mode": mode}
+    skipped = run_step(tmp_path, monkeypatch, "skipped", agg)  # the defaults: one epoch, one mini-batch
     padded = run_step(tmp_path, monkeypatch, "padded",
-                      {"trainer": {"use_dynamic_bsz": False, "ppo_micro_batch_size_per_gpu": 16}}, False)
-    packed = run_step(tmp_path, monkeypatch, "packed", {}, False)
-    small = run_step(tmp_path, monkeypatch, "small", {"trainer": {"ppo_max_token_len_per_gpu": 64}}, False)
+                      {**agg, "trainer": {"use_dynamic_bsz": False, "ppo_micro_batch_size_per_gpu": 16}}, False)
+    packed = run_step(tmp_path, monkeypatch, "packed", agg, False)
+    small = run_step(tmp_path, monkeypatch, "small", {**agg, "trainer": {"ppo_max_token_len_per_gpu": 64}}, False)
     assert padded["timing_s/old_log_prob"] > 0 and skipped["timing_s/old_log_prob"] == 0.0  # on-policy: no pass
     for k in ("actor/pg_loss", "actor/kl_loss", "actor/entropy", "actor/ppo_kl", "actor/grad_norm"):
         assert packed[k] == pytest.approx(padded[k], rel=1e-4, abs=1e-6), k
@@ -178,6 +180,8 @@ def test_compiled_layers_equal_the_eager_ones_and_generate_stays_eager(model):
     log-probs packed and padded, and calls with a KV cache (the hf engine's generate) run eagerly."""
     import copy
 
+    from torch._dynamo.utils import counters
+
     compiled = copy.deepcopy(model)
     passes.compile_layers(compiled)
     b = rollout_batch([4, 6, 3], [9, 5, 7])
@@ -189,4 +193,6 @@ def test_compiled_layers_equal_the_eager_ones_and_generate_stays_eager(model):
             torch.testing.assert_close(lp, eager_lp, atol=1e-5, rtol=1e-5)
         prompt = b["input_ids"][1:2, b["P"] - 6:b["P"]]
         kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
+        frames = counters["frames"]["total"]
         assert compiled.generate(prompt, **kw).tolist() == model.generate(prompt, **kw).tolist()
+        assert counters["frames"]["total"] == frames  # nothing compiled for the cached calls: they ran eagerly

@@ -165,6 +165,17 @@ def test_what_fits_suggests_chunking_then_a_micro_batch_then_a_response_cap():
     assert preflight.estimate(huge, QWEN3_06B, 80, micro_batch=1, max_response_length=cap)["fits"]
     assert not preflight.estimate(huge, QWEN3_06B, 80, micro_batch=1, max_response_length=cap + 256)["fits"]
 
+    # packed micro-batches: the token budget is the knob, down to one sequence, then the response cap
+    huge_packed = recipe(max_response_length=524_288, trainer={"use_dynamic_bsz": True})
+    (tip,) = preflight.what_fits(huge_packed, QWEN3_06B, 80)
+    cap = int(tip.split("max_response_length=")[1].split("`")[0])
+    budget = int(tip.split("ppo_max_token_len_per_gpu=")[1].split(" ")[0])
+    assert budget == 2048 + cap and 131_072 <= cap < 524_288
+    fixed = recipe(max_response_length=cap, trainer={"use_dynamic_bsz": True, "ppo_max_token_len_per_gpu": budget})
+    assert preflight.estimate(fixed, QWEN3_06B, 80)["fits"]
+    assert not preflight.estimate(recipe(max_response_length=cap + 256, trainer={
+        "use_dynamic_bsz": True, "ppo_max_token_len_per_gpu": budget + 256}), QWEN3_06B, 80)["fits"]
+
 
 def _cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "grpolab.cli", "preflight", *args], cwd=cwd,

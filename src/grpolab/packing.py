@@ -97,11 +97,17 @@ class PackedRows:
 
 
 def _flash_varlen():
+    """PyTorch's varlen FlashAttention as f(q, k, v, cu, max_len, scale), causal; None before torch 2.10.
+    torch 2.10 takes `is_causal`, later versions `window_size=(-1, 0)`."""
     try:
         from torch.nn.attention.varlen import varlen_attn
-    except ImportError:  # torch < 2.10
+    except ImportError:
         return None
-    return varlen_attn
+    import inspect
+
+    causal = ({"window_size": (-1, 0)} if "window_size" in inspect.signature(varlen_attn).parameters
+              else {"is_causal": True})
+    return lambda q, k, v, cu, n, scale: varlen_attn(q, k, v, cu, cu, n, n, scale=scale, **causal)
 
 
 def varlen_attention(module, query: Tensor, key: Tensor, value: Tensor, attention_mask, scaling=None,
@@ -117,8 +123,7 @@ def varlen_attention(module, query: Tensor, key: Tensor, value: Tensor, attentio
         v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
     flash = _flash_varlen()
     if flash is not None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
-        out = flash(q, k, v, cu_seq_lens_q, cu_seq_lens_q, max_length_q, max_length_q, scale=scaling,
-                    window_size=(-1, 0))
+        out = flash(q, k, v, cu_seq_lens_q, max_length_q, scaling)
     else:
         bounds = cu_seq_lens_q.tolist()
         out = torch.cat([

@@ -32,7 +32,8 @@ def compile_layers(model) -> None:
         compiled = torch.compile(eager, dynamic=True)
 
         def forward(*args, _eager=eager, _compiled=compiled, **kwargs):
-            return (_eager if kwargs.get("past_key_values") is not None else _compiled)(*args, **kwargs)
+            cached = kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None  # 5.2x names
+            return (_eager if cached else _compiled)(*args, **kwargs)
 
         layer.forward = forward
 
@@ -94,9 +95,16 @@ def logp_all(model, batch, temperature: float, splits: list, chunk: int, packed:
     return out
 
 
-def token_weighted(parts: list[tuple[float, dict]]) -> dict:
-    """A mini-batch's loss metrics from its micro-batches' (weight, metrics): each weighted by its share
-    of the mini-batch's response tokens over all ranks (times the world size, as the ranks' values are
-    then averaged), so the values do not depend on how the rows were split into micro-batches or ranks."""
-    keys = {k for _, m in parts for k in m}
-    return {k: sum(w * m[k] for w, m in parts if k in m) for k in keys}
+LOSS_METRICS = {"actor/pg_loss", "actor/kl_loss", "actor/low_entropy_kl_loss", "actor/high_entropy_kl_loss",
+                "actor/entropy"}  # aggregated by loss_agg_mode (grpolab.algo.agg_loss)
+
+
+def token_weighted(parts: list[tuple[float, float, dict]]) -> dict:
+    """A mini-batch's loss metrics from its micro-batches' (token weight, loss weight, metrics), so
+    that the values do not depend on how the rows were split into micro-batches or ranks: the
+    loss_agg_mode aggregates (LOSS_METRICS) weigh by the micro-batch's share of the loss as in the
+    backward (`algo.micro_batch_share`), the token means (ppo_kl, clip fractions) by its share of the
+    response tokens; both over all ranks and times the world size, as the ranks' values are then
+    averaged (`dist.reduce_metrics`)."""
+    keys = {k for _, _, m in parts for k in m}
+    return {k: sum((lw if k in LOSS_METRICS else tw) * m[k] for tw, lw, m in parts if k in m) for k in keys}

@@ -139,7 +139,7 @@ def estimate(p, model_config: dict, device_memory_gb: float = 80.0, device: str 
     dynamic = p.trainer.use_dynamic_bsz and micro_batch is None
     if dynamic:
         T = max(token_budget or p.trainer.ppo_max_token_len_per_gpu, seq)
-        R = T * Lr // seq
+        R = T  # short prompts: a bin can be nearly all response tokens
         micro = max(1, T // seq)
     else:
         T, R = micro * seq, micro * Lr
@@ -214,38 +214,50 @@ def estimate(p, model_config: dict, device_memory_gb: float = 80.0, device: str 
 
 
 def what_fits(p, model_config: dict, device_memory_gb: float = 80.0, device: str = "cuda") -> list[str]:
-    """Suggestions that would fit: a chunked LM head, a smaller micro-batch, else a shorter
-    max_response_length."""
+    """Suggestions that would fit: a chunked LM head, smaller micro-batches (a smaller token budget
+    with trainer.use_dynamic_bsz, down to one sequence; else fewer rows), checkpointing, else a
+    shorter max_response_length."""
     est = lambda **kw: estimate(p, model_config, device_memory_gb, device, **kw)  # noqa: E731
-    micro = p.trainer.ppo_micro_batch_size_per_gpu
     chunk = p.trainer.logits_chunk_tokens
     if (chunk == 0 or chunk > 1024) and est(logits_chunk_tokens=1024)["fits"]:
         return ["the LM head in 1024-token chunks fits: `dvc exp run -S trainer.logits_chunk_tokens=1024`"]
+    seq = p.max_prompt_length + p.max_response_length
     if p.trainer.use_dynamic_bsz:
-        seq = p.max_prompt_length + p.max_response_length
         budget = p.trainer.ppo_max_token_len_per_gpu // 2
-        while budget >= seq:
-            if est(token_budget=budget)["fits"]:
-                return [f"packed micro-batches of {budget:,} tokens fit: "
-                        f"`dvc exp run -S trainer.ppo_max_token_len_per_gpu={budget}`"]
-            budget //= 2
+        for b in [x for x in _halvings(budget, seq)] + ([seq] if seq < p.trainer.ppo_max_token_len_per_gpu else []):
+            if est(token_budget=b)["fits"]:
+                return [f"packed micro-batches of {b:,} tokens fit: `dvc exp run -S trainer.ppo_max_token_len_per_gpu={b}`"]
         with_gc = p.model_copy(update={"model": p.model.model_copy(update={"gradient_checkpointing": True})})
-        if p.model.gradient_checkpointing is not True and estimate(with_gc, model_config, device_memory_gb,
-                                                                    device)["fits"]:
-            return ["activation checkpointing fits: `dvc exp run -S model.gradient_checkpointing=true`"]
-    for m in range(micro - 1, 0, -1):
-        if est(micro_batch=m)["fits"]:
-            return [f"ppo_micro_batch_size_per_gpu {m} fits: `dvc exp run -S trainer.ppo_micro_batch_size_per_gpu={m}`"]
+        if p.model.gradient_checkpointing is not True and estimate(with_gc, model_config, device_memory_gb, device,
+                                                                    token_budget=seq)["fits"]:
+            return [f"activation checkpointing with one sequence per micro-batch fits: `dvc exp run -S "
+                    f"model.gradient_checkpointing=true -S trainer.ppo_max_token_len_per_gpu={seq}`"]
+        one = lambda r: est(token_budget=p.max_prompt_length + r, max_response_length=r)  # noqa: E731
+        knob = lambda r: f"-S trainer.ppo_max_token_len_per_gpu={p.max_prompt_length + r}"  # noqa: E731
+    else:
+        for m in range(p.trainer.ppo_micro_batch_size_per_gpu - 1, 0, -1):
+            if est(micro_batch=m)["fits"]:
+                return [f"ppo_micro_batch_size_per_gpu {m} fits: `dvc exp run -S trainer.ppo_micro_batch_size_per_gpu={m}`"]
+        one = lambda r: est(micro_batch=1, max_response_length=r)  # noqa: E731
+        knob = lambda r: "-S trainer.ppo_micro_batch_size_per_gpu=1"  # noqa: E731
     lo, hi = 0, p.max_response_length
-    while hi - lo > 1:  # largest response cap that fits with micro-batch 1
+    while hi - lo > 1:  # largest response cap that fits with one sequence per micro-batch
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if est(micro_batch=1, max_response_length=mid)["fits"] else (lo, mid)
+        lo, hi = (mid, hi) if one(mid)["fits"] else (lo, mid)
     if lo >= 256:
         cap = lo // 256 * 256
-        return [f"even micro-batch 1 needs more; max_response_length {cap} fits with micro-batch 1: "
-                f"`dvc exp run -S trainer.ppo_micro_batch_size_per_gpu=1 -S max_response_length={cap}`"]
+        return [f"even one sequence per micro-batch needs more; max_response_length {cap} fits with one: "
+                f"`dvc exp run {knob(cap)} -S max_response_length={cap}`"]
     return ["nothing smaller fits on this device: use more GPUs (`n_gpus_per_node`), "
             "trainer.param_offload, or a larger device"]
+
+
+def _halvings(start: int, floor: int) -> list[int]:
+    out = []
+    while start >= floor:
+        out.append(start)
+        start //= 2
+    return out
 
 
 def summary_rows(est: dict) -> list[tuple[str, str]]:

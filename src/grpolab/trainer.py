@@ -306,8 +306,10 @@ class Trainer:
             ref_logp = logp_all(self.ref, *args)
             timing["ref"] = clock() - t
         engine = padded_logprobs(rollout, batch["response_mask"].shape[1], self.device)  # ((N, R), (N,)) or None
-        if engine is not None and p.tis_imp_ratio_cap and not bool(engine[1].all()):
-            raise RuntimeError("tis_imp_ratio_cap needs the engine's log-probs of every response")
+        if p.tis_imp_ratio_cap:  # decided over all ranks: one rank raising alone would hang the others
+            missing = engine is None or not bool(engine[1].all())
+            if dist.all_reduce_max(float(missing), self.device):
+                raise RuntimeError("tis_imp_ratio_cap needs the engine's log-probs of every response")
         t = clock()
         self.model.train()
         metrics, seen, filled = self.update(batch, old_logp, ref_logp, adv, None if engine is None else engine[0])
@@ -360,7 +362,7 @@ class Trainer:
                             mask[idx], ent, self.loss_cfg, token_weights=tis)
                         num, den = algo.micro_batch_share(mask[idx], total, mode)
                         (loss * num / den * ctx.world).backward()  # FSDP averages over ranks
-                        weighted.append((float(mask[idx].sum()) / tokens * ctx.world, st))
+                        weighted.append((float(mask[idx].sum()) / tokens * ctx.world, num / den * ctx.world, st))
                     stats.append(token_weighted(weighted))
                     gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.grad_clip)
                     gn = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)  # DTensor under FSDP2
