@@ -120,6 +120,8 @@ def test_checkpoint_layers_per_layer_or_off():
         assert [layer.gradient_checkpointing for layer in m.model.layers] == expect
     p = config.validate(tiny_params({"model": {"gradient_checkpointing": 3}}))
     assert p.model.gradient_checkpointing == 3 and p.model.gradient_checkpointing is not True
+    with pytest.raises(config.ParamsError, match="model.gradient_checkpointing: -1 — true, false or a number"):
+        config.validate(tiny_params({"model": {"gradient_checkpointing": -1}}))
 
 
 def run_step(tmp_path, monkeypatch, name, overrides, on_policy=None):

@@ -12,7 +12,7 @@ Derived values (tokens per sequence, responses per step, per-GPU batch, ...) are
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -47,13 +47,20 @@ class ModelCfg(_Strict):
     local_dir: str = D("models/Qwen3-0.6B-Base", "Folder the download stage writes the weights to (a DVC output)")
     dtype: Literal["auto", "bfloat16", "float32"] = D("auto", "Parameter dtype; auto: bf16 compute on GPU, "
                                                               "fp32 on CPU")
-    gradient_checkpointing: bool | Annotated[int, Field(ge=0)] = D(True, "Recompute decoder layers' activations in the backward pass "
+    gradient_checkpointing: bool | int = D(True, "Recompute decoder layers' activations in the backward pass "
                                                  "(less memory, ~30% more compute): true = every layer, an "
                                                  "integer N = the first N layers only, false or 0 = off. verl: "
                                                  "model.enable_gradient_checkpointing")
     use_liger: bool = D(False, "Liger kernels (Triton; CUDA only, `pip install liger-kernel`) for RMSNorm, "
                                "rotary embedding and SwiGLU in training. verl: model.use_liger")
     seed: int = D(0, "Seed of the built-in tiny model's weights and format warm-up")
+
+    @field_validator("gradient_checkpointing")
+    @classmethod
+    def _layers(cls, v):
+        if not isinstance(v, bool) and v < 0:
+            raise ValueError("true, false or a number of layers >= 0")
+        return v
     manifest: str = D("results/download/manifest.json", "File listing each downloaded file's size and sha256")
 
 
