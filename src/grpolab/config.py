@@ -206,7 +206,7 @@ class TrainerCfg(_Strict):
                                       "vocabulary-wide elementwise work) on CUDA; CPU runs stay eager. verl: "
                                       "actor.use_torch_compile")
     compile_layers: bool = D(True, "With use_torch_compile, also compile each decoder layer's forward "
-                                   "(dynamic shapes; the first step pays ~20 s of compilation). Skipped with "
+                                   "(dynamic shapes; the first step pays the compilation: ~1 min on Qwen3-0.6B, H100). Skipped with "
                                    "model.use_liger, whose kernels torch.compile cannot trace")
     logits_chunk_tokens: int = D(1024, "Response tokens per chunk of the checkpointed LM head in the "
                                        "log-prob pass (0 = all at once; bounds logits memory)", ge=0)
