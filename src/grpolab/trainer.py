@@ -329,41 +329,42 @@ class Trainer:
         p, ctx = self.p, self.ctx
         mask = batch["response_mask"]
         per_mini = (p.train_prompt_mini_bsz // ctx.world) * p.n_resp_per_prompt
-        mode = p.loss_agg_mode
-        entropy_grad = p.entropy_coeff != 0
-        stats, grad_norms = [], []
         N = mask.shape[0]
         seen = torch.zeros_like(mask) if old_logp is None else old_logp
         filled = torch.full((N,), old_logp is not None, dtype=torch.bool, device=self.device)
+        minis = []  # (loss units, response tokens) over all ranks, and this rank's micro-batches: same every epoch
+        for m0 in range(0, N, per_mini):
+            rows = torch.arange(m0, min(m0 + per_mini, N), device=self.device)
+            total = dist.all_reduce_sum(algo.agg_units(mask[rows], p.loss_agg_mode), self.device)
+            if total:  # 0: every group of this mini-batch dropped, on every rank
+                tokens = dist.all_reduce_sum(float(mask[rows].sum()), self.device)
+                minis.append((total, tokens, micro_splits(batch, rows, p, self.device)))
+
+        def micro_step(idx, total: float, tokens: float) -> tuple[float, float, dict]:
+            """Forward, loss and backward of one micro-batch; its (token weight, loss weight, metrics)."""
+            logp, ent = forward_logp(self.model, batch, idx, p.temperature, True, p.trainer.logits_chunk_tokens,
+                                     packed=p.trainer.use_dynamic_bsz, entropy_grad=p.entropy_coeff != 0,
+                                     compiled=self.compiled)
+            if old_logp is None:
+                seen[idx] = logp.detach().float()
+                filled[idx] = True
+            old = seen[idx]
+            tis = None
+            if engine_logp is not None and p.tis_imp_ratio_cap:
+                tis = algo.tis_weights(old, engine_logp[idx], p.tis_imp_ratio_cap)
+            loss, st = algo.actor_loss(logp, old, None if ref_logp is None else ref_logp[idx], adv[idx], mask[idx],
+                                       ent, self.loss_cfg, token_weights=tis)
+            num, den = algo.micro_batch_share(mask[idx], total, p.loss_agg_mode)
+            (loss * num / den * ctx.world).backward()  # FSDP averages over ranks
+            return float(mask[idx].sum()) / tokens * ctx.world, num / den * ctx.world, st
+
+        stats, grad_norms = [], []
         # packed: the backward's recomputation of checkpointed layers must attend as the forward did
         with packing.packed(self.model) if p.trainer.use_dynamic_bsz else contextlib.nullcontext():
             for _ in range(p.ppo_epochs):
-                for m0 in range(0, N, per_mini):
-                    rows = torch.arange(m0, min(m0 + per_mini, N), device=self.device)
-                    total = dist.all_reduce_sum(algo.agg_units(mask[rows], mode), self.device)
-                    if total == 0:  # every group of this mini-batch dropped, on every rank
-                        continue
-                    tokens = dist.all_reduce_sum(float(mask[rows].sum()), self.device)
-                    weighted = []  # (token share x world, micro-batch metrics): see `token_weighted`
+                for total, tokens, splits in minis:
                     self.opt.zero_grad(set_to_none=True)
-                    for idx in micro_splits(batch, rows, p, self.device):
-                        logp, ent = forward_logp(self.model, batch, idx, p.temperature, True,
-                                                 p.trainer.logits_chunk_tokens, packed=p.trainer.use_dynamic_bsz,
-                                                 entropy_grad=entropy_grad, compiled=self.compiled)
-                        if old_logp is None:
-                            seen[idx] = logp.detach().float()
-                            filled[idx] = True
-                        old = seen[idx]
-                        tis = None
-                        if engine_logp is not None and p.tis_imp_ratio_cap:
-                            tis = algo.tis_weights(old, engine_logp[idx], p.tis_imp_ratio_cap)
-                        loss, st = algo.actor_loss(
-                            logp, old, None if ref_logp is None else ref_logp[idx], adv[idx],
-                            mask[idx], ent, self.loss_cfg, token_weights=tis)
-                        num, den = algo.micro_batch_share(mask[idx], total, mode)
-                        (loss * num / den * ctx.world).backward()  # FSDP averages over ranks
-                        weighted.append((float(mask[idx].sum()) / tokens * ctx.world, num / den * ctx.world, st))
-                    stats.append(token_weighted(weighted))
+                    stats.append(token_weighted([micro_step(idx, total, tokens) for idx in splits]))
                     gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.grad_clip)
                     gn = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)  # DTensor under FSDP2
                     grad_norms.append(gn)
