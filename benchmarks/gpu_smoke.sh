@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # The seed's smoke test (2 steps, smoke overrides) on GPUs, random weights in the Qwen3-0.6B shape.
-#   benchmarks/gpu_smoke.sh NGPUS PROMPTS_PER_GPU OUTDIR [MAX_RESPONSE_LENGTH]
+#   benchmarks/gpu_smoke.sh NGPUS PROMPTS_PER_GPU OUTDIR [MAX_RESPONSE_LENGTH] [ENGINE]
+# ENGINE: vllm (the recipe's; one colocated engine per rank, `benchmarks/gpu_vllm.sh install` first) or hf.
 # Per-GPU load of the 4-GPU recipe: smoke.train_prompt_bsz 8 over 4 GPUs = 2 prompts/GPU, mini 1/GPU.
 # Prints and writes OUTDIR/summary.json (grad norms, peak memory per GPU, step times).
 set -euo pipefail
-n=${1:-2}; per=${2:-2}; out=${3:-results/gpu-smoke}; resp=${4:-1024}
+n=${1:-2}; per=${2:-2}; out=${3:-results/gpu-smoke}; resp=${4:-1024}; engine=${5:-vllm}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 ws=$(mktemp -d /tmp/grpolab-gpu-XXXX)
 cp -r "$repo/pipelines" "$repo/dvc.yaml" "$ws/"
-python3 - "$repo/params.yaml" "$ws/params.yaml" "$n" "$per" "$resp" <<'PY'
+python3 - "$repo/params.yaml" "$ws/params.yaml" "$n" "$per" "$resp" "$engine" <<'PY'
 import sys, yaml
 p = yaml.safe_load(open(sys.argv[1]))
 n, per = int(sys.argv[3]), int(sys.argv[4])
 p.update(n_gpus_per_node=n, exp_name=f"gpu-smoke-{n}gpu")
 p["model"].update(path="builtin:qwen3-0.6b-random", local_dir="models/qwen3-0.6b-random", dtype="auto")
-p["rollout"].update(engine="hf", hf_prompts_per_call=per)
+p["rollout"].update(engine=sys.argv[6], hf_prompts_per_call=per)
 p["smoke"].update(train_prompt_bsz=n * per, train_prompt_mini_bsz=n, n_resp_per_prompt=4,
                   max_prompt_length=512, max_response_length=int(sys.argv[5]))
 p["trainer"].update(device="cuda", ppo_micro_batch_size_per_gpu=4)
