@@ -24,6 +24,7 @@ forwards as useful work too: (6 + 2 (+ 2)) x params x tokens over the whole phas
     liger            liger_eager with the compiled head (Liger's kernels cannot be traced: layers stay eager)
     compiled         packed_nogc, 32,768 tokens, head and decoder layers compiled (trainer.use_torch_compile)
     compiled_16k     ... with a 16,384-token budget; compiled_gc / compiled_gc14: checkpointing all / 14 layers
+    compiled_64k     ... with a 65,536-token budget; compiled_fused_adam: torch's fused AdamW (an experiment)
     defaults         the schema's defaults
 """
 from __future__ import annotations
@@ -56,6 +57,9 @@ VARIANTS = {
               "trainer": {"ppo_max_token_len_per_gpu": 32768}},
     "compiled": {"model": {"gradient_checkpointing": False}, "trainer": {"ppo_max_token_len_per_gpu": 32768}},
     "compiled_16k": {"model": {"gradient_checkpointing": False}},
+    "compiled_64k": {"model": {"gradient_checkpointing": False}, "trainer": {"ppo_max_token_len_per_gpu": 65536}},
+    "compiled_fused_adam": {"model": {"gradient_checkpointing": False}, "trainer": {"ppo_max_token_len_per_gpu": 32768},
+                            "_fused_adam": True},
     "compiled_gc": {"model": {"gradient_checkpointing": True}, "trainer": {"ppo_max_token_len_per_gpu": 32768}},
     "compiled_gc14": {"model": {"gradient_checkpointing": 14}, "trainer": {"ppo_max_token_len_per_gpu": 32768}},
     "defaults": {},
@@ -173,6 +177,9 @@ def one(a) -> dict:
     if spec.get("_old_pass"):
         tr.Trainer.on_policy = lambda self: False  # the code before issue 14 always ran the old pass
     t = tr.Trainer(p, model_dir)
+    if spec.get("_fused_adam"):  # experiment: torch's fused AdamW kernel instead of the foreach default
+        t.opt = torch.optim.AdamW(t.model.parameters(), lr=p.lr, weight_decay=p.weight_decay, fused=True)
+        t.sched = torch.optim.lr_scheduler.LambdaLR(t.opt, lambda s: 1.0)
     peak_tflops = matmul_tflops()
     rollout = synthetic_rollout(a.shape, t.ctx.rank, world)
     batch = tr.build_batch(rollout, t.tok.pad_token_id, t.device)

@@ -56,7 +56,8 @@ def params(engine: str, world: int, ppo_epochs: int, work: Path, seeded: bool = 
                                            "gradient_checkpointing": os.environ.get("BENCH_GC", "0") == "1"},
         "data": {"train_files": [str(work / "bench.json")], "val_files": [str(work / "bench.json")]},
         "rollout": {"engine": engine, "hf_prompts_per_call": PROMPTS, "seed_responses": seeded},
-        "trainer": {"device": os.environ.get("BENCH_DEVICE", "cuda"), "ppo_micro_batch_size_per_gpu": 4, "save_freq": 0, "test_freq": 0,
+        "trainer": {"device": os.environ.get("BENCH_DEVICE", "cuda"), "ppo_micro_batch_size_per_gpu": 4,
+                    "use_torch_compile": os.environ.get("BENCH_COMPILE", "1") == "1", "save_freq": 0, "test_freq": 0,
                     "output_dir": str(work / f"out-{engine}")},
         "tracking": {"mlflow": False, "wandb": False},
     })

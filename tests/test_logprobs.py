@@ -91,3 +91,24 @@ def test_the_compiled_head_chunk_equals_the_eager_one():
         h.grad = w.grad = None
     for a, b in zip(*runs):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+
+
+def test_the_compiled_head_chunk_does_not_recompile_for_a_chunk_as_long_as_the_hidden_size():
+    """A first chunk of exactly H tokens (1024 = Qwen3-0.6B's width = the default chunk) must not pin
+    the chunk length: later, shorter chunks reuse the one dynamic graph (no recompilation)."""
+    from torch._dynamo.utils import counters
+
+    from grpolab import logprobs
+
+    logprobs._compiled.clear()
+    torch._dynamo.reset()
+    counters.clear()
+    w = torch.randn(50, 16)
+    graphs = []
+    with torch.no_grad():
+        for n in (16, 11, 7):
+            h, t = torch.randn(n, 16), torch.randint(0, 50, (n,))
+            out = logprobs.chunk_fn(True)(h, w, None, t, 0.8, True, False)
+            torch.testing.assert_close(out, logprobs._chunk_stats(h, w, None, t, 0.8, True, False))
+            graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs == [1, 1, 1]

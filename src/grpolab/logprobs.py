@@ -34,6 +34,21 @@ def _chunk_stats(h: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor
     return torch.stack([logp, ent], dim=-1)
 
 
+def compile_dynamic(fn):
+    """torch.compile(fn) with every size symbolic from the first call, and traced without duck
+    shaping: otherwise a size that happens to equal another (a 1024-token chunk of Qwen3-0.6B's
+    1024-wide hidden states) shares its symbol, is specialised with it, and each new length then
+    recompiles (seen on 2 H100s: 1-4 s lost in the steps where a rank first met a shorter chunk)."""
+    compiled = torch.compile(fn, dynamic=True)
+    cfg = torch.fx.experimental._config
+
+    def call(*args, **kwargs):
+        with cfg.patch(use_duck_shape=False):
+            return compiled(*args, **kwargs)
+
+    return call
+
+
 _compiled: dict = {}
 
 
@@ -44,7 +59,7 @@ def chunk_fn(compiled: bool):
     if not compiled:
         return _chunk_stats
     if "f" not in _compiled:
-        _compiled["f"] = torch.compile(_chunk_stats, dynamic=True)  # the last chunk of each pass is shorter
+        _compiled["f"] = compile_dynamic(_chunk_stats)  # the last chunk of each pass is shorter
     return _compiled["f"]
 
 

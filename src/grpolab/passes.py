@@ -29,7 +29,7 @@ def compile_layers(model) -> None:
     unshard/reshard hooks stay outside the compiled code (only `forward` is replaced)."""
     for layer in model.model.layers:
         eager = layer.forward
-        compiled = torch.compile(eager, dynamic=True)
+        compiled = logprobs.compile_dynamic(eager)
 
         def forward(*args, _eager=eager, _compiled=compiled, **kwargs):
             cached = kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None  # 5.2x names
