@@ -108,3 +108,28 @@ def test_unusable_wandb_key_is_detected_once(tmp_path, monkeypatch, capfd):
     assert len(lines) == 1 and "W&B offline: online failed earlier with this key" in lines[0], lines
     assert second.reached["wandb"].startswith("offline")
     assert key not in (tmp_path / "wandb" / "grpolab-online-failed.json").read_text()
+
+
+def test_dvclive_records_every_step_without_rereading_its_files_when_studio_is_off(tmp_path, monkeypatch):
+    """Without DVC Studio, logging a step must not re-parse dvclive's metric files (dvclive builds a
+    Studio payload from all of them at every step, and drops it): the per-step cost would grow with
+    the run. Every step still reaches dvclive's plots and its summary holds the last one."""
+    import json
+
+    import dvclive.live
+
+    for k in ("STUDIO_TOKEN", "DVC_STUDIO_TOKEN", "STUDIO_REPO_URL", "DVC_STUDIO_REPO_URL"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.chdir(tmp_path)
+    reads = []
+    real = dvclive.live.parse_metrics
+    monkeypatch.setattr(dvclive.live, "parse_metrics", lambda live: reads.append(1) or real(live))
+    tr = Tracker(_params(tracking={"wandb": False, "mlflow": False, "dvclive_dir": "live"}), stage="train",
+                 root=tmp_path)
+    for step in range(1, 6):
+        tr.log({"critic/score/mean": step / 10, "actor/entropy": 1.0 / step}, step)
+    tr.close()
+    assert reads == []
+    rows = (tmp_path / "live/plots/metrics/critic/score/mean.tsv").read_text().splitlines()
+    assert [r.split("\t")[-1] for r in rows[1:]] == ["0.1", "0.2", "0.3", "0.4", "0.5"]
+    assert json.loads((tmp_path / "live/metrics.json").read_text())["critic"]["score"]["mean"] == 0.5
