@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -45,7 +46,8 @@ def main() -> None:
     row = json.loads(SMOKE.read_text())["history"][-1]
     work = Path(tempfile.mkdtemp(prefix="grpolab-track-"))
     os.chdir(work)
-    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.pop("WANDB_API_KEY", None)  # offline W&B: no network time in the numbers, no key used
+    os.environ["WANDB_MODE"] = "offline"
     (work / "params.yaml").write_text("exp_name: track-bench\n")
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "bench"]):
         subprocess.run(cmd, check=True)
@@ -91,6 +93,7 @@ def main() -> None:
     print(f"once per run: tracker start {start_s:.2f} s, close {close_s:.2f} s")
     for k, v in out["share_of_gpu_step"].items():
         print(f"  {v:.2%} of a {GPU_STEPS[k]} s step: {k}")
+    shutil.rmtree(work, ignore_errors=True)
     if out_file:
         out_file.write_text(json.dumps(out, indent=1) + "\n")
 

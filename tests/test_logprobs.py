@@ -103,7 +103,7 @@ def test_the_compiled_head_chunk_does_not_recompile_for_a_chunk_as_long_as_the_h
     logprobs._compiled.clear()
     torch._dynamo.reset()
     counters.clear()
-    w = torch.randn(50, 16)
+    w = torch.nn.Parameter(torch.randn(50, 16))
     graphs = []
     with torch.no_grad():
         for n in (16, 11, 7):
@@ -112,3 +112,11 @@ def test_the_compiled_head_chunk_does_not_recompile_for_a_chunk_as_long_as_the_h
             torch.testing.assert_close(out, logprobs._chunk_stats(h, w, None, t, 0.8, True, False))
             graphs.append(counters["stats"]["unique_graphs"])
     assert graphs == [1, 1, 1]
+    # training's path: with grad, each chunk checkpointed (recomputed in backward): one more graph only
+    counters.clear()
+    for n in (16, 11, 7):
+        h = torch.randn(1, n, 16, requires_grad=True)
+        st = logprobs.response_stats(h, w, None, torch.randint(0, 50, (1, n)), 0.8, n, True, compiled=True)
+        st.sum().backward()
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[3:] == [1, 1, 1]

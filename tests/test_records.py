@@ -130,6 +130,8 @@ def test_dvclive_records_every_step_without_rereading_its_files_when_studio_is_o
         tr.log({"critic/score/mean": step / 10, "actor/entropy": 1.0 / step}, step)
     tr.close()
     assert reads == []
+    dvclive.live.Live._get_live_data(tr.live)  # the control: the payload does read them
+    assert reads == [1]
     rows = (tmp_path / "live/plots/metrics/critic/score/mean.tsv").read_text().splitlines()
     assert [r.split("\t")[-1] for r in rows[1:]] == ["0.1", "0.2", "0.3", "0.4", "0.5"]
     assert json.loads((tmp_path / "live/metrics.json").read_text())["critic"]["score"]["mean"] == 0.5
