@@ -1,7 +1,7 @@
 """The evaluate stage on a GPU through vLLM (issue 10), in two processes:
 
     python benchmarks/gpu_eval.py run   OUT     # 2 training steps (vllm engine, checkpoint every step) of the
-                                                # Qwen3-0.6B-shaped model, then grpolab.checkpoint_eval with
+                                                # Qwen3-0.6B-shaped model, then grpolab.eval.evaluate with
                                                 # rollout.engine vllm: steps 0 (base), 1 (DCP, pushed), 2 (final)
     python benchmarks/gpu_eval.py fresh OUT     # a fresh vLLM engine on step 1 exported to a HF folder must
                                                 # sample exactly the responses saved for step 1
@@ -26,7 +26,7 @@ class Say:
 
 
 def params(engine: str):
-    from grpolab import config
+    from grpolab.params import schema as config
 
     return config.validate({
         "n_gpus_per_node": 1, "train_prompt_bsz": 4, "train_prompt_mini_bsz": 4, "n_resp_per_prompt": 4,
@@ -45,13 +45,14 @@ def params(engine: str):
 def run(out: Path) -> None:
     import shutil
 
-    from grpolab import checkpoint_eval, data
-    from grpolab.trainer import Trainer
+    from grpolab.eval import evaluate as checkpoint_eval
+    from grpolab.data import rows as data
+    from grpolab.train.trainer import Trainer
 
     shutil.rmtree(WS, ignore_errors=True)
     data.write_toy(WS / "data", 64, 32, 0)
     t0 = time.time()
-    from grpolab.stages import params_fingerprint
+    from grpolab.params.stagedefs import params_fingerprint
 
     t = Trainer(params("vllm"), MODEL)
     t.fingerprint = params_fingerprint(params("vllm"))  # as the train stage: checkpoints in their own folder
@@ -66,9 +67,12 @@ def run(out: Path) -> None:
 
 
 def fresh(out: Path) -> None:
-    from grpolab import checkpoint_eval, data, models, validation
-    from grpolab.reward_plugin import RewardFunctions
-    from grpolab.rollout import make_engine
+    from grpolab.eval import evaluate as checkpoint_eval
+    from grpolab.data import rows as data
+    from grpolab.model import load as models
+    from grpolab.train import validation
+    from grpolab.reward.functions import RewardFunctions
+    from grpolab.rollout.engine import make_engine
 
     p = params("vllm")
     hf = checkpoint_eval.export_dcp(checkpoint_eval.checkpoints_root(params("vllm")) / "global_step_1", Path(MODEL),

@@ -54,7 +54,7 @@ more)  # the unseeded path against bare vLLM, and the evaluate stage through vLL
   python3 - <<'PY'
 import yaml
 from pathlib import Path
-from grpolab import data
+from grpolab.data import rows as data
 data.write_toy(Path("data"), 8, 16, 0)
 yaml.safe_dump({"n_gpus_per_node": 1, "max_prompt_length": 256, "max_response_length": 64,
                 "rollout": {"engine": "vllm", "gpu_memory_utilization": 0.3},

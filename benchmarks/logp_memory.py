@@ -1,5 +1,5 @@
 """Peak memory of the trainer's log-prob + entropy forward/backward: full-vocabulary logits against the
-chunked LM head (grpolab.logprobs), on CPU, with Qwen3's 151,936-token vocabulary.
+chunked LM head (grpolab.train.logprobs), on CPU, with Qwen3's 151,936-token vocabulary.
 
     python benchmarks/logp_memory.py [--response 2048] [--layers 2]
 
@@ -23,8 +23,8 @@ def measure(mode: str, response: int, layers: int) -> dict:
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from grpolab import algo
-    from grpolab.trainer import forward_logp
+    from grpolab.train import algo
+    from grpolab.train.trainer import forward_logp
 
     torch.manual_seed(0)
     torch.set_num_threads(2)

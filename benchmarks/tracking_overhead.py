@@ -2,9 +2,9 @@
 
     python benchmarks/tracking_overhead.py [--steps 500] [--out F.json]
 
-Per step, `grpolab.stages.run_training` runs the run-health checks over the history, logs the step's
-metrics (dvclive, MLflow, W&B: `grpolab.tracking.Tracker.log`), updates the progress bar and rewrites
-the run's entry in the reports index (`grpolab.diary.write_status`). This script does exactly that for
+Per step, `grpolab.train.stage.run_training` runs the run-health checks over the history, logs the step's
+metrics (dvclive, MLflow, W&B: `grpolab.records.tracking.Tracker.log`), updates the progress bar and rewrites
+the run's entry in the reports index (`grpolab.records.entries.write_status`). This script does exactly that for
 `--steps` steps of a real step's metrics (the 4-GPU smoke's step 2, shipped in benchmarks/results/),
 in a fresh git repository with the embedded defaults: local MLflow store (SQLite), dvclive, W&B
 offline when installed. It prints the time per step (median, p90, the last 50 steps: the health checks
@@ -40,8 +40,10 @@ def main() -> None:
     a = ap.parse_args()
     out_file = Path(a.out).resolve() if a.out else None  # before the chdir below
     sys.path.insert(0, str(ROOT / "src"))
-    from grpolab import config, health, stages
-    from grpolab.tracking import Tracker
+    from grpolab.params import schema as config
+    from grpolab.metrics import health
+    from grpolab.train import stage as stages
+    from grpolab.records.tracking import Tracker
 
     row = json.loads(SMOKE.read_text())["history"][-1]
     work = Path(tempfile.mkdtemp(prefix="grpolab-track-"))

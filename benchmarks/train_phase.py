@@ -99,7 +99,7 @@ def synthetic_rollout(shape: str, rank: int, world: int, seed: int = 0):
     """This rank's share of the step's sequences (prompt groups of 16 stay together)."""
     import torch
 
-    from grpolab.rollout import Rollout
+    from grpolab.rollout.engine import Rollout
 
     P, R, N, kind = SHAPES[shape]
     g = torch.Generator().manual_seed(seed)
@@ -121,7 +121,8 @@ def synthetic_rollout(shape: str, rank: int, world: int, seed: int = 0):
 
 
 def params(variant: str, shape: str, world: int, work: Path):
-    from grpolab import config, util
+    from grpolab.params import schema as config
+    from grpolab import util
 
     P, R, N, _ = SHAPES[shape]
     base = {
@@ -163,7 +164,8 @@ def profile_table(prof, limit: int = 30) -> str:
 def one(a) -> dict:
     import torch
 
-    from grpolab import models, trainer as tr
+    from grpolab.model import load as models
+    from grpolab.train import trainer as tr
 
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))

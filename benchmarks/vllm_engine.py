@@ -46,7 +46,7 @@ def prompt_rows(tok) -> list[dict]:
 
 
 def params(engine: str, world: int, ppo_epochs: int, work: Path, seeded: bool = True):
-    from grpolab import config
+    from grpolab.params import schema as config
 
     return config.validate({
         "exp_name": f"bench-{engine}", "seed": 0, "n_gpus_per_node": world,
@@ -75,9 +75,9 @@ def device_used_gb() -> float:
 def ours(a) -> dict:
     import torch
 
-    from grpolab import models
-    from grpolab.rollout import Sampling, prompt_seed
-    from grpolab.trainer import Trainer
+    from grpolab.model import load as models
+    from grpolab.rollout.engine import Sampling, prompt_seed
+    from grpolab.train.trainer import Trainer
 
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -156,9 +156,9 @@ def bare(a) -> dict:
     import torch
     from vllm import LLM, SamplingParams
 
-    from grpolab import models
-    from grpolab.rollout import Sampling, prompt_seed
-    from grpolab.rollout_vllm import request_plan, sampling_kwargs
+    from grpolab.model import load as models
+    from grpolab.rollout.engine import Sampling, prompt_seed
+    from grpolab.rollout.vllm_engine import request_plan, sampling_kwargs
 
     tok = models.load_tokenizer(a.model)
     rows = prompt_rows(tok)[:PROMPTS]

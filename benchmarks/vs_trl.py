@@ -48,7 +48,7 @@ log-probs, as ours does, since it reuses the batch over 2E optimizer steps).
 ## What differs (honest list)
 - Mini-batches: TRL shuffles the 128 completions once and slices them, so a 64-completion optimizer step mixes
   prompt groups; ours takes 4 whole prompt groups. Same sizes and compute.
-- The reward: `--reward math` (default) is our built-in math reward (`grpolab.reward_plugin.RewardFunctions
+- The reward: `--reward math` (default) is our built-in math reward (`grpolab.reward.functions.RewardFunctions
   ("builtin:math")`, the scorer `ours` uses); random weights earn 0 anyway, so advantages are 0 and the loss
   is KL + entropy in both. `--reward zero` returns 0.0 without scoring.
 - TRL's vLLM: `max_num_batched_tokens=4096` (ours: vLLM's default), engine seed = process index and no
@@ -155,7 +155,7 @@ def run_trl(a) -> dict:
     import torch
     from transformers import TrainerCallback
 
-    from grpolab import models
+    from grpolab.model import load as models
 
     cuda = a.device == "cuda"
     if cuda and not torch.cuda.is_available():
@@ -176,7 +176,7 @@ def run_trl(a) -> dict:
 
     scorer = None
     if a.reward == "math":
-        from grpolab.reward_plugin import RewardFunctions
+        from grpolab.reward.functions import RewardFunctions
 
         scorer = RewardFunctions("builtin:math", 5.0, num_workers=max(1, os.cpu_count() or 1))
 

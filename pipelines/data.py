@@ -3,8 +3,8 @@
 Run by `dvc repro` (see dvc.yaml); by hand: `python pipelines/data.py [params.yaml]`.
 """
 import _tree_src  # noqa: F401  (this tree's src/ first: the code DVC hashed)
-from grpolab import stages
-from grpolab.cli import run_stage
+from grpolab.params.entry import run_stage
+from grpolab.data.stage import prepare_data
 
 if __name__ == "__main__":
-    run_stage(stages.prepare_data)
+    run_stage(prepare_data)

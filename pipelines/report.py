@@ -3,8 +3,8 @@
 Run by `dvc repro` (see dvc.yaml); by hand: `python pipelines/report.py [params.yaml]`.
 """
 import _tree_src  # noqa: F401  (this tree's src/ first: the code DVC hashed)
-from grpolab import stages
-from grpolab.cli import run_stage
+from grpolab.params.entry import run_stage
+from grpolab.reports.stage import write_report
 
 if __name__ == "__main__":
-    run_stage(stages.write_report)
+    run_stage(write_report)

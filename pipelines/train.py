@@ -3,8 +3,8 @@
 Run by `dvc repro` (see dvc.yaml); by hand: `python pipelines/train.py [params.yaml]`.
 """
 import _tree_src  # noqa: F401  (this tree's src/ first: the code DVC hashed)
-from grpolab import stages
-from grpolab.cli import run_stage
+from grpolab.params.entry import run_stage
+from grpolab.train.stage import train
 
 if __name__ == "__main__":
-    run_stage(stages.train)
+    run_stage(train)

@@ -1,4 +1,4 @@
-"""Unit tests for grpolab.algo: every formula against hand-computed numbers or a slow per-element
+"""Unit tests for grpolab.train.algo: every formula against hand-computed numbers or a slow per-element
 Python loop written here, independently of the vectorised code."""
 
 import math
@@ -7,7 +7,7 @@ import statistics
 import pytest
 import torch
 
-from grpolab.algo import (
+from grpolab.train.algo import (
     AGG_MODES,
     KL_TYPES,
     POLICY_LOSSES,

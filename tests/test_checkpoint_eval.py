@@ -13,14 +13,18 @@ import pytest
 import torch
 from rich.console import Console
 
-from grpolab import checkpoint_eval, config, data, evaluation, models
-from grpolab.scoring_cli import score_file
-from grpolab.stages import params_fingerprint
+from grpolab.eval import evaluate as checkpoint_eval
+from grpolab.params import schema as config
+from grpolab.data import rows as data
+from grpolab.metrics import evalmetrics as evaluation
+from grpolab.model import load as models
+from grpolab.reward.score_cli import score_file
+from grpolab.params.stagedefs import params_fingerprint
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from grpolab.trainer import Trainer
+    from grpolab.train.trainer import Trainer
 
     tmp = tmp_path_factory.mktemp("ckeval")
     mdir = models.build_tiny_model(tmp / "m", seed=0, warmup_steps=20)
@@ -60,7 +64,7 @@ def test_every_checkpoint_and_the_base_model_are_scored(run):
 def test_numbers_agree_with_rescoring_the_saved_responses(run, tmp_path):
     out = Path(run["p"].val.output_dir)
     steps = checkpoint_eval.read_steps(out / "steps.json")
-    from grpolab.reward import RewardScorer
+    from grpolab.reward.math_reward import RewardScorer
 
     with RewardScorer(num_workers=1) as verifier:
         same = evaluation.math_equivalence(verifier)
@@ -107,9 +111,9 @@ def test_pushed_weights_sample_what_a_fresh_engine_on_the_exported_folder_sample
     """Step 1 was evaluated by pushing the DCP checkpoint's weights into the engine started on the base
     model; an engine started on the exported Hugging Face folder gives the very same responses (same
     seeds), and they differ from the untrained model's."""
-    from grpolab import validation
-    from grpolab.reward_plugin import RewardFunctions
-    from grpolab.rollout import make_engine
+    from grpolab.train import validation
+    from grpolab.reward.functions import RewardFunctions
+    from grpolab.rollout.engine import make_engine
 
     p = run["p"]
     hf = checkpoint_eval.export_dcp(checkpoint_eval.checkpoints_root(p) / "global_step_1",

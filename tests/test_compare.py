@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import BIN
+from helpers import BIN
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("reportws")]  # one worker builds the shared workspace
 
@@ -75,8 +75,8 @@ def test_compare_three_experiments_table_and_plots(shared):
     md = (ws / "reports" / "compare.md").read_text()
     assert all(part.strip() in md for part in r.stdout.split("\n\n") if part.strip())
     # the evaluate stage's step x data_source table of every experiment, best step marked (issue 10)
-    from grpolab.checkpoint_eval import read_steps
-    from grpolab.evaluation import best_step
+    from grpolab.metrics.evalmetrics import read_steps
+    from grpolab.metrics.evalmetrics import best_step
 
     assert "## Evaluation per checkpoint" in md and "Evaluation of main" in r.stdout
     for name in ("main", "t12", "lr4"):

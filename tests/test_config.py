@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from grpolab import config
+from grpolab.params import schema as config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,10 +62,10 @@ def test_bad_value_is_named(raw, key):
 
 
 def test_algorithm_choices_are_the_algo_registries():
-    """The schema's enumerations name exactly what grpolab.algo implements."""
+    """The schema's enumerations name exactly what grpolab.train.algo implements."""
     from typing import get_args
 
-    from grpolab import algo
+    from grpolab.train import algo
 
     assert set(get_args(config.PolicyLoss)) == set(algo.POLICY_LOSSES)
     assert set(get_args(config.KlLossType)) == set(algo.KL_TYPES)
@@ -89,7 +89,7 @@ def test_smoke_overrides_apply():
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "grpolab.cli", *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "grpolab.pipeline.cli", *args], capture_output=True, text=True, cwd=cwd)
 
 
 def test_params_check_cli(tmp_path):

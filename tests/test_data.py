@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from grpolab import data
+from grpolab.data import rows as data
 
 
 def _row(q="What is 1+1?", gt="2", src="toy/add"):
@@ -86,7 +86,8 @@ def test_parquet_without_the_columns_names_them(tmp_path):
 
 
 def test_data_is_checked_before_any_model_loads(tmp_path):
-    from grpolab import config, stages
+    from grpolab.params import schema as config
+    from grpolab.train import stage as stages
 
     bad = tmp_path / "train.jsonl"
     bad.write_text(json.dumps(_row()) + "\n{oops\n")
@@ -104,7 +105,7 @@ def test_params_check_refuses_devices_this_machine_lacks(tmp_path):
     import yaml
     from typer.testing import CliRunner
 
-    from grpolab.cli import app
+    from grpolab.pipeline.cli import app
 
     if torch.cuda.is_available():
         pytest.skip("checks a machine without CUDA")

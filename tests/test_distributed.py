@@ -14,9 +14,9 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from conftest import ROOT, tiny_params
+from helpers import ROOT, tiny_params
 
-from grpolab import checkpoint
+from grpolab.train import checkpoint
 from grpolab.util import deep_merge
 
 pytestmark = pytest.mark.e2e
@@ -66,8 +66,8 @@ def train(ws: Path, check=True) -> subprocess.CompletedProcess:
 
 def ckpt_root(ws: Path) -> Path:
     """The run's checkpoint folder: results/checkpoints/<params fingerprint> (one run per workspace)."""
-    from grpolab import config
-    from grpolab.stages import params_fingerprint
+    from grpolab.params import schema as config
+    from grpolab.params.stagedefs import params_fingerprint
 
     fp = params_fingerprint(config.load(ws / "params.yaml"))
     return ws / "results" / "checkpoints" / fp

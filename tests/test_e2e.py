@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import md_row
+from helpers import md_row
 
-from grpolab.demo import run_demo
+from grpolab.pipeline.demo import run_demo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("demo")]  # one worker builds the demo
 
@@ -145,9 +145,9 @@ def test_evaluate_stage_scored_every_checkpoint_and_the_report_marks_the_best(de
     """dvc repro ran the evaluate stage over the saved checkpoints (10, 20 = final) and the untrained
     model (0); its numbers agree with `grpolab score` re-scoring the saved responses; the report shows
     the step x data_source table with the best step."""
-    from grpolab import evaluation
-    from grpolab.checkpoint_eval import read_steps
-    from grpolab.reward import RewardScorer
+    from grpolab.metrics import evalmetrics as evaluation
+    from grpolab.metrics.evalmetrics import read_steps
+    from grpolab.reward.math_reward import RewardScorer
 
     out = demo_dir / "results" / "eval"
     steps = read_steps(out / "steps.json")
@@ -168,3 +168,31 @@ def test_evaluate_stage_scored_every_checkpoint_and_the_report_marks_the_best(de
     assert "### Evaluation" in text and re.search(rf"\| {best} \(best\) +\| toy/add +\|", text)
     for s in (0, 10, 20):
         assert re.search(rf"\| {s}( \(best\))? +\| toy/add +\| ", text)
+
+
+def _dvc_status(ws: Path) -> set[str]:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    r = subprocess.run(["dvc", "status", "--json"], cwd=ws, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    return set(json.loads(r.stdout or "{}"))
+
+
+def test_an_edit_reruns_only_the_stages_that_run_the_edited_code(demo_dir, tmp_path):
+    """Real DVC on a copy of the demo workspace (baseline committed, dvc.lock up to date): a comment
+    added to the report code changes only the report stage; one added to the trainer changes the
+    stages that run it (smoke, train) and what follows them (evaluate, report), never download/data."""
+    import shutil
+
+    ws = tmp_path / "ws"
+    shutil.copytree(demo_dir, ws, symlinks=True)
+    subprocess.run(["git", "checkout", "-q", "--", "."], cwd=ws, check=True)  # the baseline's tree
+    subprocess.run(["dvc", "checkout", "-q"], cwd=ws, env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    assert _dvc_status(ws) == set()
+    report = ws / "src" / "grpolab" / "reports" / "report.py"
+    text = report.read_text()
+    report.write_text(text + "\n# a comment\n")
+    assert _dvc_status(ws) == {"report"}
+    report.write_text(text)
+    trainer = ws / "src" / "grpolab" / "train" / "trainer.py"
+    trainer.write_text(trainer.read_text() + "\n# a comment\n")
+    assert _dvc_status(ws) == {"smoke", "train", "evaluate", "report"}

@@ -7,8 +7,10 @@ import json
 
 import torch
 
-from grpolab import config, data, models
-from grpolab.trainer import Trainer, validation_value
+from grpolab.params import schema as config
+from grpolab.data import rows as data
+from grpolab.model import load as models
+from grpolab.train.trainer import Trainer, validation_value
 
 
 def test_validation_value_by_key_or_averaged_over_data_sources():

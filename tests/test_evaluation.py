@@ -1,12 +1,12 @@
-"""grpolab.evaluation: pass@k against closed forms, maj@k over answers written differently (real
+"""grpolab.metrics.evalmetrics: pass@k against closed forms, maj@k over answers written differently (real
 math-verify through the reward's workers), response-quality statistics on crafted responses, the
 best step and the step table."""
 from math import comb
 
 import pytest
 
-from grpolab import evaluation as ev
-from grpolab.reward import RewardScorer
+from grpolab.metrics import evalmetrics as ev
+from grpolab.reward.math_reward import RewardScorer
 
 
 def test_pass_at_k_closed_forms():
@@ -71,7 +71,7 @@ def test_best_step_and_table_mark_the_peak():
 
 
 def test_every_eval_key_is_in_the_glossary():
-    from grpolab import metrics
+    from grpolab.metrics import glossary as metrics
 
     rows = [{"data_source": "aime/2024", "prompt": p, "score": float(i == 0), "pred": str(i), "length": 3,
              "boxed": True, "repeat20": False, "truncated": False} for p in range(2) for i in range(4)]
@@ -83,7 +83,7 @@ def test_every_eval_key_is_in_the_glossary():
 
 
 def test_select_metric_is_checked_against_val_n():
-    from grpolab import config
+    from grpolab.params import schema as config
 
     assert config.validate({"val": {"n": 4, "select_metric": "pass@4"}}).val.select_metric == "pass@4"
     with pytest.raises(config.ParamsError, match=r"val.select_metric: 'pass@8' — must be avg@4, maj@4 or pass@j"):

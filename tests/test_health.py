@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from grpolab import health
-from grpolab.config import Params
+from grpolab.metrics import health
+from grpolab.params.schema import Params
 
 PARAMS = {"temperature": 1.0, "n_resp_per_prompt": 16, "max_response_length": 32768, "lr": 1e-6,
           "entropy_coeff": 0.0, "kl_loss_coef": 0.001, "grad_clip": 1.0,

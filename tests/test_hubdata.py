@@ -1,4 +1,4 @@
-"""Real data (grpolab.hubdata): the conversion of each shipped format (small files in tests/data/hub in
+"""Real data (grpolab.data.hub): the conversion of each shipped format (small files in tests/data/hub in
 the exact formats of DAPO-Math-17k, Archer2.0's JSON, AIME 2024, AIME 2025 and MATH-500), the
 manifest, files already present, and the offline failure of `data.source: hub`: seconds, no traceback,
 naming the dataset, the revision and how to use local files."""
@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from grpolab import config, data, hubdata
+from grpolab.params import schema as config
+from grpolab.data import rows as data
+from grpolab.data import hub as hubdata
 from grpolab.util import sha256_file as sha256
 
 HUB = Path(__file__).parent / "data" / "hub"
@@ -68,8 +70,8 @@ def test_local_files_of_every_shipped_format_convert_to_verl_rows(tmp_path):
 
 
 def test_offline_hub_fails_in_seconds_naming_dataset_revision_and_local_files(tmp_path, monkeypatch, capsys):
-    from grpolab.cli import run_stage
-    from grpolab.stages import prepare_data
+    from grpolab.params.entry import run_stage
+    from grpolab.data.stage import prepare_data
 
     monkeypatch.setenv("HF_ENDPOINT", OFFLINE)
     monkeypatch.chdir(tmp_path)

@@ -30,8 +30,10 @@ from pathlib import Path
 
 import pytest
 
-from grpolab import config, data, models
-from grpolab.trainer import Trainer
+from grpolab.params import schema as config
+from grpolab.data import rows as data
+from grpolab.model import load as models
+from grpolab.train.trainer import Trainer
 
 STEPS = 100
 HEAD, TAIL = 3, 5  # start = mean score of the first HEAD steps, end = of the last TAIL steps
@@ -90,6 +92,7 @@ def summary(scores: list[float]) -> tuple[float, float, str]:
     return start, end, curve
 
 
+@pytest.mark.slow
 def test_grpo_learns_the_toy_task(toy_setup):
     scores, wall, warnings = run(toy_setup, "learn", advantage_sign=1.0)
     start, end, curve = summary(scores)
@@ -100,6 +103,7 @@ def test_grpo_learns_the_toy_task(toy_setup):
                             + "\n".join(warnings))
 
 
+@pytest.mark.slow
 def test_flipped_advantage_does_not_learn(toy_setup):
     """Negative control: the same run with advantages negated must not raise the score."""
     scores, wall, _ = run(toy_setup, "flipped", advantage_sign=-1.0)

@@ -1,11 +1,11 @@
-"""Chunked response log-probs/entropy (grpolab.logprobs) against the plain full-logits computation,
+"""Chunked response log-probs/entropy (grpolab.train.logprobs) against the plain full-logits computation,
 values and gradients, on a real (small, random) Qwen3 model."""
 import pytest
 import torch
 
-from grpolab import algo
-from grpolab.passes import forward_logp, logp_all
-from conftest import random_qwen3
+from grpolab.train import algo
+from grpolab.train.passes import forward_logp, logp_all
+from helpers import random_qwen3
 
 P, R, V = 5, 9, 97
 
@@ -77,7 +77,7 @@ def test_an_error_inside_the_forward_still_restores_the_head(model, batch):
 def test_the_compiled_head_chunk_equals_the_eager_one():
     """trainer.use_torch_compile's head (torch.compile, dynamic shapes: chunks of 16 then 5 tokens)
     gives the eager values and gradients; entropy's graph is kept only when asked for."""
-    from grpolab import logprobs
+    from grpolab.train import logprobs
 
     torch.manual_seed(0)
     h = torch.randn(37, 16, requires_grad=True)
@@ -98,7 +98,7 @@ def test_the_compiled_head_chunk_does_not_recompile_for_a_chunk_as_long_as_the_h
     the chunk length: later, shorter chunks reuse the one dynamic graph (no recompilation)."""
     from torch._dynamo.utils import counters
 
-    from grpolab import logprobs
+    from grpolab.train import logprobs
 
     logprobs._compiled.clear()
     torch._dynamo.reset()

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from grpolab import config
-from grpolab.tracking import Tracker
+from grpolab.params import schema as config
+from grpolab.records.tracking import Tracker
 
 pytestmark = pytest.mark.e2e
 
@@ -58,10 +58,10 @@ def test_server_down_mid_run_loses_nothing(tmp_path):
         t0 = time.time()
         tr.log({"critic/score/mean": 0.3}, 3)  # server down: buffered, training not blocked for long
         tr.log({"critic/score/mean": 0.4}, 4)
-        assert time.time() - t0 < 60 and len(tr.pending) == 2 and tr.mlflow_down
+        assert time.time() - t0 < 60 and len(tr.backend("mlflow").pending) == 2 and tr.backend("mlflow").mlflow_down
         server = start_server(db, port)
         tr.log({"critic/score/mean": 0.5}, 5)
-        assert not tr.pending
+        assert not tr.backend("mlflow").pending
         tr.close(ok=True)
         hist = MlflowClient(uri).get_metric_history(tr.ids()["mlflow_run_id"], "critic/score/mean")
         assert sorted((m.step, m.value) for m in hist) == [(1, 0.1), (2, 0.2), (3, 0.3), (4, 0.4), (5, 0.5)]

@@ -5,8 +5,8 @@ import time
 import pytest
 import torch
 
-from grpolab import models
-from grpolab.preflight import param_count
+from grpolab.model import load as models
+from grpolab.train.preflight import param_count
 from grpolab.util import sha256_file
 
 
@@ -73,9 +73,9 @@ def test_download_stage_local_dir_passes_dvc_and_ctrl_c_is_one_line(tmp_path):
     import sys
     from pathlib import Path
 
-    from conftest import DEMO_OVERRIDES, make_workspace
+    from helpers import DEMO_OVERRIDES, make_workspace
 
-    from grpolab.demo import project_root
+    from grpolab.pipeline.demo import project_root
 
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}

@@ -1,4 +1,4 @@
-"""Padding-free training passes (grpolab.packing) and the train-phase switches of issue 14: token-budget
+"""Padding-free training passes (grpolab.train.packing) and the train-phase switches of issue 14: token-budget
 micro-batches, packed forward == padded forward (values and gradients, checkpointed layers included),
 the skipped old-log-prob pass, entropy without a graph, per-layer checkpointing. Real tiny Qwen3
 models on CPU, where attention falls back to per-sequence SDPA (the CUDA path is FlashAttention's
@@ -9,9 +9,12 @@ import pytest
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from grpolab import config, packing, passes, trainer as tr
-from grpolab.rollout import Rollout
-from conftest import random_qwen3, tiny_params
+from grpolab.params import schema as config
+from grpolab.train import packing
+from grpolab.train import passes
+from grpolab.train import trainer as tr
+from grpolab.rollout.engine import Rollout
+from helpers import random_qwen3, tiny_params
 
 V = 97
 
@@ -127,7 +130,8 @@ def test_checkpoint_layers_per_layer_or_off():
 def run_step(tmp_path, monkeypatch, name, overrides, on_policy=None):
     from pathlib import Path
 
-    from grpolab import data, models
+    from grpolab.data import rows as data
+    from grpolab.model import load as models
 
     mdir = models.fetch("builtin:tiny-qwen3", "main", tmp_path / "model")
     ddir = tmp_path / "data"
@@ -169,7 +173,7 @@ def test_a_training_step_is_the_same_packed_or_padded_and_with_the_old_pass_skip
 
 
 def test_liger_is_refused_on_cpu_before_any_work():
-    from grpolab import envcheck
+    from grpolab.train import envcheck
 
     p = config.validate(tiny_params({"model": {"use_liger": True}}))
     errors = envcheck.environment_errors(p)

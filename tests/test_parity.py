@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from grpolab import metrics, valmetrics
-from grpolab.algo import (
+from grpolab.metrics import glossary as metrics
+from grpolab.metrics import valmetrics
+from grpolab.train.algo import (
     AGG_MODES,
     POLICY_LOSSES,
     LossConfig,

@@ -7,7 +7,8 @@ import sys
 import pytest
 import yaml
 
-from grpolab import config, preflight
+from grpolab.params import schema as config
+from grpolab.train import preflight
 
 GIB = 2**30
 QWEN3_06B = {  # Qwen/Qwen3-0.6B(-Base) config.json, the fields that size the model
@@ -178,7 +179,7 @@ def test_what_fits_suggests_chunking_then_a_micro_batch_then_a_response_cap():
 
 
 def _cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "grpolab.cli", "preflight", *args], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "grpolab.pipeline.cli", "preflight", *args], cwd=cwd,
                           capture_output=True, text=True, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
 
 

@@ -10,7 +10,7 @@ import sqlite3
 import time
 
 import pytest
-from conftest import BIN, STEPS, md_row, sh
+from helpers import BIN, STEPS, md_row, sh
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("reportws")]  # one worker builds the shared workspace
 
@@ -59,12 +59,12 @@ def test_baseline_report_every_section_with_real_numbers(shared):
     assert re.match(r"(Pass|Fail) - ", row[2])
     assert md_row(text, "Run health")
     # every Validation row has evidence and a Pass/Fail verdict
-    from conftest import md_rows
+    from helpers import md_rows
 
     for cells in md_rows(text.split("### Validation")[1].split("### Git")[0].split("### Evaluation")[0])[1:]:
         assert len(cells) == 3 and cells[1] and re.match(r"(Pass|Fail|Offline)\b", cells[2]), cells
     # notes: params per CPU process (a CPU run is never described in GPU units), best score, the curves
-    from grpolab.preflight import param_count
+    from grpolab.train.preflight import param_count
 
     n = param_count(shared["ws"] / "models" / "tiny-qwen3")
     assert f"- {n / 1e3:.1f}k/1 CPU process = {n / 1e3:.1f}k params/CPU process" in text
@@ -135,7 +135,7 @@ def test_progress_lists_every_train_run_with_its_best(shared):
 
 
 def md_rows_of(text):
-    from conftest import md_rows
+    from helpers import md_rows
 
     return md_rows(text)
 
@@ -216,7 +216,7 @@ def test_secret_key_is_written_nowhere(shared):
 MARKER = """
 
 def _marker():  # added by tests/test_report.py: every step logs code/marker, so a run shows this code ran
-    from . import tracking
+    from grpolab.records import tracking
 
     log = tracking.Tracker.log
     tracking.Tracker.log = lambda self, metrics, step: log(self, {**metrics, "code/marker": 7.0}, step)

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, md_row, tiny_params
+from helpers import ROOT, md_row, tiny_params
 
-from grpolab import diary, gitmeta, report
-from grpolab.config import Params
-from grpolab.pipeline import output_paths
+from grpolab.records import entries as diary
+from grpolab.records import gitmeta
+from grpolab.reports import report
+from grpolab.params.schema import Params
+from grpolab.params.stagedefs import output_paths
 
 
 def _git(repo: Path, *args: str) -> str:

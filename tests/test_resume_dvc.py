@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, md_row, shared_workspace
-from conftest import sh as _sh
+from helpers import BIN, md_row, shared_workspace
+from helpers import sh as _sh
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("reportws")]  # reuses the shared workspace
 

@@ -1,4 +1,4 @@
-"""Tests for grpolab.reward and grpolab.scoring_cli (real math-verify, real worker processes)."""
+"""Tests for grpolab.reward.math_reward and grpolab.reward.score_cli (real math-verify, real worker processes)."""
 from __future__ import annotations
 
 import io
@@ -12,7 +12,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import pytest
 
-from grpolab.reward import (
+from grpolab.reward.math_reward import (
     EXTRACT_REASONS,
     REASONS,
     RewardResult,
@@ -21,7 +21,7 @@ from grpolab.reward import (
     reward_metrics,
     score_responses,
 )
-from grpolab.scoring_cli import score, score_file
+from grpolab.reward.score_cli import score, score_file
 
 
 @pytest.fixture(scope="module")

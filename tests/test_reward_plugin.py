@@ -1,4 +1,4 @@
-"""Pluggable rewards (grpolab.reward_plugin): real user files, real worker processes, real timeouts."""
+"""Pluggable rewards (grpolab.reward.functions): real user files, real worker processes, real timeouts."""
 import subprocess
 import sys
 import textwrap
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from grpolab import config
-from grpolab.reward_plugin import RewardFunctionError, RewardFunctions, check_functions
+from grpolab.params import schema as config
+from grpolab.reward.functions import RewardFunctionError, RewardFunctions, check_functions
 
 USER_REWARDS = textwrap.dedent('''
     import time
@@ -93,7 +93,7 @@ def test_unusable_function_is_named_before_work(workspace, spec, says):
 def test_params_check_resolves_reward_functions(workspace):
     """`grpolab params check` imports the functions: a typo fails there, as `key: value — rule`."""
     (workspace / "params.yaml").write_text(yaml.safe_dump({"reward": {"function": "rewards.py:exactt"}}))
-    r = subprocess.run([sys.executable, "-m", "grpolab.cli", "params", "check"], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "grpolab.pipeline.cli", "params", "check"], capture_output=True,
                        text=True, cwd=workspace)
     assert r.returncode == 1 and "reward.function: 'rewards.py:exactt' — " in r.stderr, r.stderr
     assert "Traceback" not in r.stderr

@@ -3,8 +3,8 @@ only on their seed, not on how prompts are batched (prompts_per_call) — on the
 import pytest
 import torch
 
-from grpolab import models
-from grpolab.rollout import HFEngine, RowSampler, Sampling
+from grpolab.model import load as models
+from grpolab.rollout.engine import HFEngine, RowSampler, Sampling
 
 SCORES = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
 

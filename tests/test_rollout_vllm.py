@@ -7,12 +7,15 @@ from collections import defaultdict
 import pytest
 import torch
 
-from conftest import DEMO_OVERRIDES
+from helpers import DEMO_OVERRIDES
 
-from grpolab import algo, config, models, validation
-from grpolab.rollout import (HFEngine, Rollout, Sampling, engine_errors, logprob_gap, make_engine,
+from grpolab.train import algo
+from grpolab.params import schema as config
+from grpolab.model import load as models
+from grpolab.train import validation
+from grpolab.rollout.engine import (HFEngine, Rollout, Sampling, engine_errors, logprob_gap, make_engine,
                              padded_logprobs, response_seed)
-from grpolab.rollout_vllm import (Completion, VLLMEngine, WeightSyncError, buckets, compare_checksums,
+from grpolab.rollout.vllm_engine import (Completion, VLLMEngine, WeightSyncError, buckets, compare_checksums,
                                   engine_view, logprob_rows, request_plan, sampling_kwargs, tensor_checksum,
                                   to_rollout)
 
@@ -126,7 +129,7 @@ def test_logprob_gap_counts_response_tokens_only():
     assert gap["rollout/logprob_diff_mean"] == pytest.approx((0.1 + 0 + 0 + 0.25) / 4)
     assert gap["rollout/logprob_diff_max"] == pytest.approx(0.25)
     assert logprob_gap(trainer, engine, torch.zeros_like(mask))["rollout/logprob_diff_max"] == 0.0
-    from grpolab import metrics
+    from grpolab.metrics import glossary as metrics
 
     assert all(metrics.describe(k) for k in gap)  # documented once, in the glossary
 
@@ -191,7 +194,8 @@ class Recorder:
 def test_trainer_drives_the_engine_protocol_in_order(tmp_path, monkeypatch):
     """wake -> generate -> sleep -> (log-probs, updates) -> sync_weights, every step; validation
     wakes and sleeps the engine too; close at the end. Through the real hf engine on the tiny model."""
-    from grpolab import data, trainer as trainer_mod
+    from grpolab.data import rows as data
+    from grpolab.train import trainer as trainer_mod
 
     monkeypatch.chdir(tmp_path)
     d = models.fetch("builtin:tiny-qwen3", "main", tmp_path / "m")
@@ -216,8 +220,8 @@ def test_trainer_drives_the_engine_protocol_in_order(tmp_path, monkeypatch):
 
 def test_validation_runs_over_an_engine_without_a_trainer(tmp_path):
     """The evaluate stage's path: an engine made from a model folder alone, plus the reward."""
-    from grpolab import data
-    from grpolab.reward_plugin import RewardFunctions
+    from grpolab.data import rows as data
+    from grpolab.reward.functions import RewardFunctions
 
     d = models.fetch("builtin:tiny-qwen3", "main", tmp_path / "m")
     files = data.write_toy(tmp_path / "data", 4, 6, 0)

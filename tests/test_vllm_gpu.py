@@ -16,8 +16,10 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def trainer(tmp_path_factory):
-    from grpolab import config, data, models
-    from grpolab.trainer import Trainer
+    from grpolab.params import schema as config
+    from grpolab.data import rows as data
+    from grpolab.model import load as models
+    from grpolab.train.trainer import Trainer
 
     tmp = tmp_path_factory.mktemp("vllm")
     d = models.fetch("builtin:qwen3-0.6b-random", "main", tmp / "model")
@@ -46,7 +48,7 @@ def test_steps_push_checked_weights_and_logprobs_agree(trainer):
 
 
 def test_a_corrupted_engine_tensor_is_named(trainer):
-    from grpolab.rollout_vllm import WeightSyncError, compare_checksums, tensor_checksum
+    from grpolab.rollout.vllm_engine import WeightSyncError, compare_checksums, tensor_checksum
 
     eng = trainer.engine
     eng.wake()
@@ -65,7 +67,7 @@ def test_a_corrupted_engine_tensor_is_named(trainer):
 
 
 def test_sleep_releases_memory_and_seeds_fix_responses(trainer):
-    from grpolab.rollout import Sampling
+    from grpolab.rollout.engine import Sampling
 
     eng = trainer.engine
     ids = trainer.prompt_ids(trainer.train_set[:3])

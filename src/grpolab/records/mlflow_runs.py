@@ -1,0 +1,102 @@
+"""MLflow run bookkeeping that survives kills: which run a resumed training continues, and what
+becomes of runs whose process died.
+
+- Every run carries `grpolab.host`, `grpolab.pid` and `grpolab.pid_start` (the process's start time,
+  so a recycled pid is not mistaken for it). A run still RUNNING in the store whose process on this
+  host is gone was killed: the next Tracker start marks it KILLED (MLflow's own status) with tag
+  `grpolab.last_step`, the last step it logged. Runs of other hosts, and live ones (a queued sweep's
+  other experiments), are left alone.
+- A resumed training continues the run its checkpoint names when that run can go on: it exists, it
+  is not FINISHED, and every param it holds has the value this run has. Otherwise (extending a
+  finished run, a changed non-fingerprint param such as `trainer.total_training_steps`) a new run
+  starts, linked to the old one by the tags `mlflow.parentRunId` (MLflow's UI nests it) and
+  `grpolab.resumed_from_run`; a finished run is never reopened. The caller replays the checkpoint's
+  history into the new run, so each run holds every step 1..N once.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from grpolab.params.schema import Params
+
+
+def mlflow_uri(p: Params, root: Path) -> str:
+    """The MLflow store: `tracking.mlflow_tracking_uri`, else `sqlite:///<repository root>/mlflow.db`."""
+    return p.tracking.mlflow_tracking_uri or f"sqlite:///{root / 'mlflow.db'}"
+
+
+def mlflow_key(k: str) -> str:
+    """A metric name as MLflow stores it (it forbids `@`)."""
+    return k.replace("@", "_at_")
+
+
+SCORE_KEY = "critic/score/mean"  # every training step logs it: its last step is the run's
+
+
+def _proc_start(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux), '' where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def process_tags() -> dict[str, str]:
+    pid = os.getpid()
+    return {"grpolab.host": socket.gethostname(), "grpolab.pid": str(pid), "grpolab.pid_start": _proc_start(pid)}
+
+
+def _alive(pid: int, start: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        pass
+    now = _proc_start(pid)
+    return not (start and now and start != now)
+
+
+def last_step(client, run_id: str) -> int:
+    return max((m.step for m in client.get_metric_history(run_id, SCORE_KEY)), default=0)
+
+
+def mark_dead_runs(client, experiment_id: str, warn) -> list[str]:
+    """Mark this host's RUNNING runs whose process is gone as KILLED; returns their ids."""
+    host, me = socket.gethostname(), os.getpid()
+    marked = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                  max_results=1000):
+        tags = run.data.tags
+        pid = int(tags.get("grpolab.pid") or 0)
+        if tags.get("grpolab.host") != host or not pid or pid == me:
+            continue
+        if _alive(pid, tags.get("grpolab.pid_start", "")):
+            continue
+        step = last_step(client, run.info.run_id)
+        client.set_tag(run.info.run_id, "grpolab.last_step", str(step))
+        client.set_terminated(run.info.run_id, status="KILLED")
+        warn(f"MLflow run {run.info.run_id} ({run.info.run_name}) was left RUNNING by a process that is "
+             f"gone; marked KILLED at step {step}")
+        marked.append(run.info.run_id)
+    return marked
+
+
+def why_not_continue(client, run_id: str, params: dict[str, str]) -> str | None:
+    """None when the run `run_id` can be continued with these params, else why not."""
+    try:
+        run = client.get_run(run_id)
+    except Exception as exc:  # deleted, another store, ...
+        return f"run {run_id} not found ({type(exc).__name__})"
+    if run.info.lifecycle_stage != "active":
+        return f"run {run_id} is deleted"
+    if run.info.status == "FINISHED":
+        return f"run {run_id} is FINISHED"
+    changed = sorted(k for k, v in run.data.params.items() if k in params and params[k] != v)
+    if changed:
+        shown = ", ".join(f"{k} {run.data.params[k]} -> {params[k]}" for k in changed[:3])
+        return f"params changed since run {run_id} ({shown}{', ...' if len(changed) > 3 else ''})"
+    return None

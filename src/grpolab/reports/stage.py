@@ -1,0 +1,56 @@
+"""The `report` stage: the delivery report of the run whose results are in this tree
+(`grpolab.reports.report`), the index, and the report as that MLflow run's description.
+
+    dvc repro report            # or: grpolab report (regenerates without retraining)
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from grpolab.params.schema import Params
+from grpolab.records import entries, gitmeta
+from grpolab.records.mlflow_runs import mlflow_uri
+from grpolab.reports import report
+from grpolab.util import console
+from grpolab.records import gitmeta
+
+
+def write_report(p: Params) -> Path:
+    """Write the delivery report of the run whose results are here (its record, not the workspace's
+    name) and refresh the index; make it that MLflow run's description."""
+    path, record = report.write(p, Path.cwd(), Path(p.tracking.reports_dir))
+    who = entries.describe_run(record)
+    console.print(f"[bold]report[/]: wrote {path} ({who}) and refreshed "
+                  f"{Path(p.tracking.reports_dir) / 'index.md'}", highlight=False)
+    if attach_report(p, path, gitmeta.project_root(), record.get("mlflow_run_id")):
+        console.print(f"  MLflow run {record['mlflow_run_id'][:8]}: description and report artifact updated",
+                      highlight=False)
+    return path
+
+
+def attach_report(p: Params, path: Path, root: Path, run_id: str | None) -> bool:
+    """Make the report the described run's MLflow description and store it (and params) as
+    artifacts under their own names (a rewrite replaces them)."""
+    if not (p.tracking.mlflow and run_id):
+        return False
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(mlflow_uri(p, root))
+        from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+
+        # the same markdown without the tables' alignment padding (MLflow keeps 8000 characters)
+        text = "\n".join(re.sub(r"-{3,}", "---", ln) if set(ln) <= set("|-: ") else re.sub(r" {2,}(?=\|)", " ", ln)
+                         for ln in path.read_text().splitlines()) + "\n"
+        tail = f"\n\n(cut here: the whole report is this run's artifact `{path.name}`)\n"
+        if len(text) > MAX_TAG_VAL_LENGTH:  # MLflow would cut it silently
+            text = text[:MAX_TAG_VAL_LENGTH - len(tail)] + tail
+        client.set_tag(run_id, "mlflow.note.content", text)
+        for f in (path, Path("params.yaml"), Path("dvc.lock")):
+            if f.exists():
+                client.log_artifact(run_id, str(f))
+        return True
+    except Exception as exc:  # the report itself is written; the record is best effort
+        console.print(f"[yellow]warning[/]: report not attached to MLflow run {run_id}: {exc}")
+        return False
