@@ -14,7 +14,7 @@ install)
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/vllm-0.22.1-*.whl \
     .c5/*.whl .c6/*.whl .c7/*.whl "$repo"/.whl/*.whl 2>&1 | grep -v -i warning | tail -5
   python3 -c "import vllm, math_verify, pebble; print('vllm', vllm.__version__)"
-  python3 -c "from pathlib import Path; from grpolab import models; models.fetch('builtin:qwen3-0.6b-random', 'main', Path('$model'))"
+  python3 -c "from pathlib import Path; from grpolab.model import load as models; models.fetch('builtin:qwen3-0.6b-random', 'main', Path('$model'))"
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader ;;
 tests)
   out=$2; mkdir -p "$out"; cd "$repo"
