@@ -39,8 +39,7 @@ def run(tmp_path_factory):
                     "output_dir": str(tmp / "out"), "validate_at_end": False},
         "tracking": {"mlflow": True, "mlflow_tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "wandb": False},
     })
-    t = Trainer(p, mdir)
-    t.fingerprint = params_fingerprint(p)  # as the train stage does: checkpoints in their own folder
+    t = Trainer(p, mdir, fingerprint=params_fingerprint(p))  # as the train stage: its trajectory's folder
     t.fit()
     metrics = checkpoint_eval.evaluate(p, Console(file=io.StringIO()))
     return {"p": p, "tmp": tmp, "metrics": metrics}

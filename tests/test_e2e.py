@@ -102,7 +102,7 @@ def test_reports_have_every_section_from_real_numbers(demo_dir):
             assert section in text, (rep.name, section)
         assert md_row(text, "Request")[1] and md_row(text, "Delivery")[1] and md_row(text, "Scope")[1]
         assert md_row(text, "Smoke test (2 steps)")[2] == "Pass - 2 steps completed"
-        assert md_row(text, "Training progress")[1:] == ["20/20 steps", "Pass"]
+        assert md_row(text, "Training progress")[1:] == ["Trained 20/20 steps (steps 1-20 trained by this run)", "Pass"]
     exp_report = next(r for r in reports if r.name != "index.md" and "-demo-tiny-qwen3-" in r.name)
     text = exp_report.read_text()
     assert md_row(text, "`temperature`") == ["`temperature`", "1.2", "1", "changed"], text

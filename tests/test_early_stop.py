@@ -10,7 +10,7 @@ import torch
 from grpolab.params import schema as config
 from grpolab.data import rows as data
 from grpolab.model import load as models
-from grpolab.train.trainer import Trainer, validation_value
+from grpolab.train.trainer import Hooks, Trainer, validation_value
 
 
 def test_validation_value_by_key_or_averaged_over_data_sources():
@@ -35,8 +35,7 @@ def test_early_stop_exports_the_best_and_stops_after_patience(tmp_path):
         "tracking": {"mlflow": False, "wandb": False},
     })
     logged: list[tuple[int, dict]] = []
-    t = Trainer(p, mdir, warn=lambda m: None)
-    t.log_fn = lambda m, s: logged.append((s, m))
+    t = Trainer(p, mdir, hooks=Hooks(log=lambda m, s: logged.append((s, m)), warn=lambda m: None))
     res = t.fit()
     assert logged[0][0] == 0 and "val-core/toy/add/acc/mean@2" in logged[0][1]  # val_before_train
     vals = [(0, validation_value(logged[0][1], "acc/mean@2"))]  # the untrained model is a candidate too

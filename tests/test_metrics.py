@@ -32,7 +32,7 @@ def test_every_logged_key_is_documented(tmp_path, monkeypatch):
     from grpolab.params import schema as config
     from grpolab.data import rows as data
     from grpolab.model import load as models
-    from grpolab.train.trainer import Trainer
+    from grpolab.train.trainer import Hooks, Trainer
 
     mdir = models.build_tiny_model(tmp_path / "m", seed=0, warmup_steps=20)
     data.write_toy(tmp_path / "d", 16, 4)
@@ -50,8 +50,7 @@ def test_every_logged_key_is_documented(tmp_path, monkeypatch):
         "tracking": {"mlflow": False, "wandb": False},
     })
     logged = {}
-    t = Trainer(p, mdir)
-    t.log_fn = lambda m, s: logged.update(m)
+    t = Trainer(p, mdir, hooks=Hooks(log=lambda m, s: logged.update(m)))
     t.fit()
     missing = sorted(k for k in logged if metrics.describe(k) is None)
     assert not missing, missing

@@ -51,6 +51,10 @@ def test_fingerprint_is_built_from_the_train_stage_params(tmp_path):
                                 "tracking": p.tracking.model_copy(update={"wandb": False}),
                                 "health": p.health.model_copy(update={"window": 9})})
     assert pipeline.params_fingerprint(same) == fp  # may change between a checkpoint and its resume
+    schedule = p.trainer.model_copy(update={"save_freq": 2, "test_freq": 3, "max_ckpt_to_keep": 1, "resume_mode": "disable"})
+    assert pipeline.params_fingerprint(p.model_copy(update={"trainer": schedule})) == fp
+    numerics = p.trainer.model_copy(update={"logits_chunk_tokens": 512})  # a trainer key that shapes the weights
+    assert pipeline.params_fingerprint(p.model_copy(update={"trainer": numerics})) != fp
     # one definition: drop `data` from dvc.yaml's train params and the fingerprint stops seeing it
     d = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     d["stages"]["train"]["params"] = [k for k in d["stages"]["train"]["params"] if k != "data"]
@@ -109,3 +113,19 @@ def test_dvc_status_sees_module_edits_and_model_data_params(shared):
     finally:
         for f, b in saved.items():
             f.write_bytes(b)
+
+
+def test_the_trajectory_includes_the_code_training_runs_and_no_other(tmp_path):
+    """Checkpoints are shared only by runs of the same code: an edit to the trainer changes the train
+    code's hash, one to the report code does not."""
+    for d in ("pipelines", "src"):
+        shutil.copytree(ROOT / d, tmp_path / d, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    sha = pipeline.train_code_sha(tmp_path)
+    report = tmp_path / "src" / "grpolab" / "reports" / "report.py"
+    report.write_text(report.read_text() + "\n# edited\n")
+    assert pipeline.train_code_sha(tmp_path) == sha
+    algo = tmp_path / "src" / "grpolab" / "train" / "algo.py"
+    algo.write_text(algo.read_text() + "\n# edited\n")
+    assert pipeline.train_code_sha(tmp_path) != sha
+

@@ -74,8 +74,8 @@ def test_seed_recipe_components_by_hand():
     p = recipe()  # 4 GPUs, bf16, micro-batch 4, 2048 + 32768 tokens, KL on, vLLM 0.5, sleep mode
     e = preflight.estimate(p, QWEN3_06B, device_memory_gb=80)
     m = {k: v * GIB for k, v in e["memory_gb"].items()}  # back to bytes
-    shard = N * 2 / 4  # bf16 over 4 FSDP ranks = 298,024,960 B
-    assert m["weights"] == pytest.approx(298_024_960)
+    shard = N * 4 / 4  # fp32 master weights over 4 FSDP ranks = 596,049,920 B (bf16 is the compute dtype)
+    assert m["weights"] == pytest.approx(596_049_920)
     assert m["grads"] == pytest.approx(shard)
     assert m["optimizer"] == pytest.approx(2 * shard)  # AdamW exp_avg + exp_avg_sq
     assert m["reference"] == pytest.approx(shard)  # kl_loss_coef 0.001 > 0
@@ -111,11 +111,11 @@ def test_shorter_responses_fit_and_sleep_mode_matters():
     p = recipe(max_response_length=4096, trainer={"ppo_micro_batch_size_per_gpu": 2})
     e = preflight.estimate(p, QWEN3_06B, 80)
     T, R = 2 * (2048 + 4096), 2 * 4096
-    shard = N * 2 / 4
+    master = N * 4 / 4  # fp32: the trainer's weights, grads, AdamW states and reference
     act = 28 * T * 1024 * 2 + T * 35_840 * 2
     logits = 1024 * 151936 * 28  # R = 8192 tokens, in 1024-token chunks
-    train = 5 * shard + 4 * EMB + act + logits  # 9.8 GiB
-    rollout = 4 * shard + 40 * GIB
+    train = 5 * master + 4 * EMB + act + logits  # 11.2 GiB
+    rollout = 4 * master + 40 * GIB  # the trainer's resident state while vLLM (0.5 of 80 GB) generates
     assert e["phases_gb"]["train"] * GIB == pytest.approx(train)
     assert e["peak_gb"] == pytest.approx(max(train, rollout) / GIB + 1) and e["fits"]
     assert e["allocated_gb"] == pytest.approx(max(train, rollout) / GIB)
@@ -124,7 +124,7 @@ def test_shorter_responses_fit_and_sleep_mode_matters():
     asleep = preflight.estimate(recipe(max_response_length=4096, trainer={"ppo_micro_batch_size_per_gpu": 2},
                                        rollout=util), QWEN3_06B, 80)
     assert asleep["phases_gb"]["train"] * GIB == pytest.approx(train) and asleep["fits"]
-    assert asleep["peak_gb"] * GIB == pytest.approx(4 * shard + 72 * GIB + GIB)
+    assert asleep["peak_gb"] * GIB == pytest.approx(4 * master + 72 * GIB + GIB)
     awake = preflight.estimate(recipe(max_response_length=4096, trainer={"ppo_micro_batch_size_per_gpu": 2},
                                       rollout={**util, "enable_sleep_mode": False}), QWEN3_06B, 80)
     assert awake["phases_gb"]["train"] * GIB == pytest.approx(train + 72 * GIB) and not awake["fits"]
@@ -196,8 +196,8 @@ def test_cli_refuses_full_vocabulary_logits_and_accepts_the_seed_recipe(tmp_path
     est = json.loads(r.stdout)
     assert est["fits"] and est["tokens"]["per_micro_batch"] == 2048 + 32768  # packed: one sequence > the budget
     # a smaller device refuses the same recipe, with what would fit there
-    r = _cli("params.yaml", "--device-memory-gb", "8", cwd=tmp_path)
-    assert r.returncode == 1 and "cannot run on 8 GB GPUs" in r.stderr and "dvc exp run -S" in r.stderr
+    r = _cli("params.yaml", "--device-memory-gb", "10", cwd=tmp_path)
+    assert r.returncode == 1 and "cannot run on 10 GB GPUs" in r.stderr and "dvc exp run -S" in r.stderr
 
 
 def test_cli_without_a_model_config_says_where_it_looked(tmp_path):

@@ -44,7 +44,7 @@ def test_baseline_report_every_section_with_real_numbers(shared):
     assert len(hist) == STEPS
     assert md_row(text, "MLflow logging")[1].startswith(f"run `{b['run'][:8]}` in ")
     assert f"<!-- grpolab-run: {b['run']} -->" in text  # which run this report is, for rewrites
-    assert md_row(text, "Training progress")[1:] == [f"{STEPS}/{STEPS} steps", "Pass"]
+    assert md_row(text, "Training progress")[1:] == [f"Trained {STEPS}/{STEPS} steps (steps 1-{STEPS} trained by this run)", "Pass"]
     assert md_row(text, "Smoke test (2 steps)")[2] == "Pass - 2 steps completed"
     scores = [h["critic/score/mean"] for h in hist]
     assert f"`critic/score/mean` {scores[0]:.4g} -> {scores[-1]:.4g};" in text

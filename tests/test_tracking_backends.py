@@ -33,6 +33,9 @@ class JsonlBackend:
     def log_artifact(self, path):
         pass
 
+    def tag(self, tags):
+        pass
+
     def ids(self):
         return {"jsonl_file": str(self.path)}
 

@@ -51,6 +51,17 @@ def checkpoints_root(p: Params) -> Path:
     return checkpoint.run_home(p)
 
 
+def run_checkpoints(p: Params) -> list[Path]:
+    """The checkpoints of the run whose results are here: those its train summary lists (the ones it
+    started from and its own), never the rest of its trajectory's folder; the folder's when the
+    summary predates that list."""
+    summary = Path(p.trainer.output_dir) / "summary.json"
+    listed = json.loads(summary.read_text()).get("checkpoints") if summary.exists() else None
+    if listed is None:
+        return checkpoint.list_checkpoints(checkpoints_root(p))
+    return [Path(c["path"]) for c in sorted(listed, key=lambda c: -c["step"])]
+
+
 def _final_step(final: Path) -> int | None:
     f = final / "trainer_state.json"
     return int(json.loads(f.read_text())["step"]) if f.exists() else None
@@ -63,7 +74,7 @@ def targets(p: Params, log=print) -> list[tuple[int, str, Path]]:
     final = Path(p.trainer.output_dir) / "final"
     fstep = _final_step(final)
     kept = {}
-    for ck in checkpoint.list_checkpoints(checkpoints_root(p)):
+    for ck in run_checkpoints(p):
         why = checkpoint.verify(ck)
         if why:
             log(f"checkpoint {ck} is broken ({why}); not evaluated")

@@ -135,6 +135,24 @@ def describe(key: str) -> str | None:
     return None
 
 
+# Which way is better, for "best" in views: higher, lower, or no best at all (entropy, losses, grad
+# norm, KL and lengths are diagnostics with a healthy range, not a score to maximise).
+_HIGHER = ("critic/score/", "critic/rewards/", "reward/accuracy", "reward/correct", "val-core/", "val-aux/",
+           "eval/", "batch/solve_all", "batch/valid", "perf/throughput", "acc/")
+_LOWER = ("response_length/clip_ratio", "batch/solve_none", "timing_s/", "timing_per_token_ms/", "reward/error",
+          "reward/timeout", "reward/no_box", "perf/max_memory")
+
+
+def direction(key: str) -> str | None:
+    """"max" where higher is better, "min" where lower is, None where a metric has no best (the
+    health rules judge those)."""
+    if key.startswith(_LOWER) or key.endswith(("/len_p95", "/repeat20", "/truncated")):
+        return "min"
+    if key.startswith(_HIGHER) or any(s in key for s in ("/avg@", "/pass@", "/maj@", "/mean@", "/best@")):
+        return "max"
+    return None
+
+
 # ----------------------------------------------------------------------------------------------
 # Step metrics, verl's definitions
 # ----------------------------------------------------------------------------------------------

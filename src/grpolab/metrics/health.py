@@ -267,7 +267,28 @@ def score_peaked(history: list[dict], p: dict, t: Thresholds) -> Optional[Findin
         _cmd(**{"trainer.total_training_steps": best_step}), last_step, SCORE if pts is not val else "val")
 
 
+def reward_errors(history: list[dict], p: dict, t: Thresholds) -> Optional[Finding]:
+    """User reward functions failing (raised, no number, past their time bound): each failure scores 0,
+    so the run trains on zeros."""
+    errs = series(history, "reward/error")
+    if not errs:
+        return None
+    per_step = int(p.get("train_prompt_bsz", 1)) * int(p.get("n_resp_per_prompt", 1))
+    recent = errs[-t.window:]
+    share = _mean([v for _, v in recent]) / max(1, per_step)
+    if share <= t.reward_error_share:
+        return None
+    first = next(s for s, v in errs if v > 0)
+    return Finding(
+        "reward function failing", f"`reward/error` {share:.0%} of the {per_step} responses per step failed to "
+        f"score over the last {len(recent)} step(s) (first failure at step {first}); each failure scores 0",
+        "fix the function named in `reward.function` (the train stage printed its first error), or check "
+        "it with `grpolab score` on saved responses", "grpolab score results/eval/responses/step_0.jsonl",
+        recent[-1][0], "reward/error")
+
+
 RULES: dict[str, Rule] = {
+    "reward function failing": reward_errors,
     "reward stall": reward_stall,
     "entropy collapse": entropy_collapse,
     "length cap saturation": length_cap,

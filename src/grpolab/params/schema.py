@@ -11,14 +11,13 @@ Derived values (tokens per sequence, responses per step, per-GPU batch, ...) are
 """
 from __future__ import annotations
 
-import math
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from grpolab.params.names import ENGINES, function_problems
 from grpolab.util import deep_merge
 
 PosInt = Field(gt=0)
@@ -37,37 +36,6 @@ def D(default, description: str, **rules):
     `grpolab params check --explain KEY` prints it; tests/test_config.py fails on a field without one."""
     return Field(default, description=description, **rules)
 
-
-
-#: Rollout engines: name -> "module:class" (each class has create(), check() and memory(); see
-#: grpolab.rollout.engine). A new engine is its own module plus one line here.
-ENGINES = {
-    "hf": "grpolab.rollout.engine:HFEngine",
-    "vllm": "grpolab.rollout.vllm_engine:VLLMEngine",
-}
-
-# `reward.function`: the built-in, `package.module:function` or `path/in/workspace.py:function` (the
-# form is checked here; grpolab.reward.functions imports and calls them).
-BUILTIN = "builtin:math"
-_MODULE_SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
-_FILE_SPEC = re.compile(r"^[^:]+\.py:[A-Za-z_]\w*$")
-_RULE = f"must be '{BUILTIN}', 'package.module:function' or 'path/to/file.py:function'"
-
-
-def function_problems(value) -> list[str]:
-    """Why a `reward.function` value is malformed (no import happens here): [] when fine."""
-    if isinstance(value, str):
-        value = {value: 1.0}
-    if not isinstance(value, dict) or not value:
-        return [f"{_RULE}, or a non-empty mapping of those to weights"]
-    out = []
-    for spec, w in value.items():
-        if not isinstance(spec, str) or not (spec == BUILTIN or _MODULE_SPEC.match(spec)
-                                             or _FILE_SPEC.match(spec)):
-            out.append(f"{spec!r} {_RULE}")
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
-            out.append(f"weight of {spec!r} is {w!r}: must be a finite number")
-    return out
 
 
 class _Strict(BaseModel):
@@ -348,6 +316,8 @@ class HealthCfg(_Strict):
                                "(absolute)", ge=0.0)
     peak_rel_drop: float = D(0.1, _H + "Score peaked then fell: and by this fraction of the peak", ge=0.0)
     peak_patience: int = D(10, _H + "Score peaked then fell: the peak is at least this many steps old", gt=0)
+    reward_error_share: float = D(0.1, _H + "Reward function failing: recent reward/error above this fraction of "
+                                        "a step's responses", ge=0.0, le=1.0)
     window: int = D(5, _H + "Smoothing window (steps) shared by the rules", gt=0)
     warn_every: int = D(50, _H + "A finding still firing is repeated every this many steps", gt=0)
 

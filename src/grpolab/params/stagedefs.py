@@ -1,16 +1,18 @@
 """What each DVC stage runs and reads, from one definition: the tree's own `dvc.yaml`.
 
-- Code: every stage depends on the whole `src/grpolab` package and `pipelines/`, and its command
-  runs that code (`pipelines/_tree_src.py` puts the tree's `src/` first on the path), so an edit to
-  any module DVC hashed reruns the stage, and a queued experiment runs its own commit's code.
-  `code_record()` names the code a run executed (folder + sha256 of its sources); every record
-  (MLflow/W&B tags, summaries, reports) carries it.
-- Params: `stage_params(stage)` reads the stage's `params:` list from dvc.yaml. The resume
-  fingerprint (`params_fingerprint`) is built from the train stage's list, minus `RESUME_FREE`:
-  keys that may change between a checkpoint and its resumed run (step budget, logging, world size,
-  which is checked on its own with advice).
+- Code: each stage depends on its script and the rooms of the package it imports (`code_deps`, from
+  the import graph; dvc.yaml lists them and a test keeps the two equal), and its command runs that
+  code (`pipelines/_tree_src.py` puts the tree's `src/` first on the path), so a queued experiment
+  runs its own commit's code. `code_record()` names the code a run executed (folder + sha256 of its
+  sources); every record (MLflow/W&B tags, summaries, reports) carries it.
+- Params: `stage_params(stage)` reads the stage's `params:` list from dvc.yaml.
+- A run's trajectory (`params_fingerprint`): what decides its weights step by step, so two runs with
+  the same one hold the same weights after the same step: the train stage's params less
+  `TRAJECTORY_FREE` (the step budget, checkpoint and validation schedule, logging, world size, which
+  is checked on its own), and the sha256 of the code the train stage runs (`code_deps`). Checkpoints
+  are kept per trajectory (grpolab.train.checkpoint says how runs share them).
 
-    python -c "from grpolab import pipeline; print(pipeline.stage_params('train'))"
+    python -m grpolab.params.stagedefs      # each stage's code deps
 """
 from __future__ import annotations
 
@@ -28,9 +30,12 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]  # <tree>/src/grpolab
 TREE = PACKAGE_DIR.parents[1]
 TREE_DVC_YAML = TREE / "dvc.yaml"
 
-# Train-stage keys a checkpoint may be resumed under when they change (prefix match on `a.b` names).
-RESUME_FREE = ("n_gpus_per_node", "nnodes", "tracking.", "val.", "trainer.")
-RESUME_KEEP = ("trainer.output_dir", "trainer.device")  # ... except these trainer keys
+# Train-stage keys that do not change a run's weights at a given step (`a.b` names; a group ends
+# with "."): how long it runs, when it saves and validates, what it logs, where and on how many ranks.
+TRAJECTORY_FREE = ("n_gpus_per_node", "nnodes", "tracking.", "val.", *(f"trainer.{k}" for k in (
+    "total_training_steps", "total_epochs", "save_freq", "test_freq", "cpu_threads", "log_samples",
+    "save_final", "validate_at_end", "max_ckpt_to_keep", "resume_mode", "export_hf", "launcher",
+    "ray_address", "val_before_train", "early_stop_metric", "early_stop_patience")))
 
 
 class PipelineError(GrpolabError):
@@ -65,14 +70,32 @@ def _selected(key: str, groups: list[str]) -> bool:
     return "*" in groups or any(key == g or key.startswith(g + ".") for g in groups)
 
 
+def _free(key: str) -> bool:
+    return any(key.startswith(f) if f.endswith(".") else key == f for f in TRAJECTORY_FREE)
+
+
 def params_fingerprint(p: Params, dvc_yaml: Path | None = None) -> str:
-    """What a checkpoint must share with this run to be resumed: the train stage's params from
-    dvc.yaml, less RESUME_FREE."""
+    """The run's trajectory (module doc): the train stage's params from dvc.yaml less TRAJECTORY_FREE,
+    and the code the train stage runs. Checkpoints are shared only within one trajectory."""
     groups = stage_params("train", dvc_yaml)
     flat = flatten_params(p.model_dump(mode="json"))
-    kept = {k: v for k, v in flat.items() if _selected(k, groups)
-            and (k in RESUME_KEEP or not k.startswith(RESUME_FREE))}
+    kept = {k: v for k, v in flat.items() if _selected(k, groups) and not _free(k)}
+    kept["<code>"] = train_code_sha()
     return sha256_bytes(json.dumps(kept, sort_keys=True).encode())[:16]
+
+
+def train_code_sha(tree: Path | None = None) -> str:
+    """sha256 of the sources the train stage runs (its script and the rooms it imports); the whole
+    package where this code runs outside a grpolab tree."""
+    tree = tree or TREE
+    script = tree / "pipelines" / "train.py"
+    if not script.exists():
+        return code_record()["sha256"]
+    files = []
+    for d in stage_code("train", tree):
+        f = tree / d
+        files += sorted(x for x in f.rglob("*.py") if "__pycache__" not in x.parts) if f.is_dir() else [f]
+    return sha256_bytes("".join(f"{x.relative_to(tree)}\0{sha256_file(x)}\n" for x in files).encode())[:16]
 
 
 def code_record(package_dir: Path = PACKAGE_DIR) -> dict:

@@ -28,6 +28,7 @@ console = Console(stderr=True, soft_wrap=True)
 # The recipe, shrunk to the tiny model, toy data and a 2-core CPU.
 DEMO_OVERRIDES = {
     "exp_name": "demo-tiny-qwen3",
+    "project_name": "grpolab-demo",  # the MLflow experiment / W&B project: never the recipe's
     "request": "Demo: GRPO on the built-in tiny Qwen3 model and toy arithmetic, on CPU",
     "n_gpus_per_node": 1, "train_prompt_bsz": 8, "train_prompt_mini_bsz": 4, "n_resp_per_prompt": 8,
     "max_prompt_length": 64, "max_response_length": 16, "lr": 2.0e-3, "lr_warmup_steps": 2,
@@ -44,7 +45,7 @@ DEMO_OVERRIDES = {
 }
 # DVC git-ignores its cached outputs itself; metrics (cache: false) must stay visible to git. MLflow's
 # store and artifacts, W&B's offline runs, downloaded data sets and byte code never go into git.
-GITIGNORE = "/mlflow.db\n/mlartifacts/\n/mlruns/\n/wandb/\n/downloads/\n__pycache__/\n"
+GITIGNORE = "/mlflow.db\n/mlartifacts/\n/mlruns/\n/wandb/\n/downloads/\n/views/\n__pycache__/\n"
 
 
 def project_root() -> Path:

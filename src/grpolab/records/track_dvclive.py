@@ -42,6 +42,9 @@ class DvcliveBackend:
     def log_artifact(self, path: Path) -> None:
         pass
 
+    def tag(self, tags: dict[str, str]) -> None:
+        pass
+
     def ids(self) -> dict:
         return {}
 

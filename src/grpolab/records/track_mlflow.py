@@ -113,6 +113,13 @@ class MlflowBackend:
         except Exception as exc:
             warn(f"MLflow artifact {path} not stored: {exc}")
 
+    def tag(self, tags: dict[str, str]) -> None:
+        try:
+            for k, v in tags.items():
+                self.client.set_tag(self.mlflow_run.info.run_id, k, v)
+        except Exception as exc:
+            warn(f"MLflow tags not stored: {type(exc).__name__}: {exc}")
+
     def ids(self) -> dict:
         return {"mlflow_run_id": self.mlflow_run.info.run_id, "mlflow_uri": self.uri}
 

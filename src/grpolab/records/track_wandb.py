@@ -70,6 +70,9 @@ class WandbBackend:
     def log_artifact(self, path: Path) -> None:
         pass  # the report and params are MLflow artifacts; W&B keeps the config and metrics
 
+    def tag(self, tags: dict[str, str]) -> None:
+        self.wandb_run.summary.update(tags)
+
     def ids(self) -> dict:
         out = {"wandb_run_id": self.wandb_run.id, "wandb_mode": self.mode}
         try:  # an offline run is synced from this folder

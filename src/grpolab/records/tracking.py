@@ -91,6 +91,11 @@ class Tracker:
             for b in self.backends:
                 b.log_table(name, rows, step)
 
+    def tag(self, tags: dict) -> None:
+        """Facts about the run learnt as it goes (where its weights came from), on every backend."""
+        for b in self.backends:
+            b.tag({k: str(v) for k, v in tags.items()})
+
     def ids(self) -> dict:
         """This run's record: what produced it and where its records are."""
         t = self.tags

@@ -23,19 +23,14 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from grpolab.metrics import health
-from grpolab.util import GrpolabError, flatten_params
-from grpolab.util import md_table
-from grpolab.records.gitmeta import open_repo
-from grpolab.records.mlflow_runs import mlflow_key
+from grpolab.metrics import glossary, health
 from grpolab.metrics.evalmetrics import default_metric, step_table
-from grpolab.util import md_table as _table
 from grpolab.params import schema as config
-from grpolab.records.mlflow_runs import mlflow_uri
-from grpolab.records.gitmeta import project_root
+from grpolab.records.gitmeta import open_repo, project_root
+from grpolab.records.mlflow_runs import mlflow_key, mlflow_uri
+from grpolab.util import GrpolabError, flatten_params, md_table
 
 DEFAULT_METRICS = ("critic/score/mean", "actor/entropy")
-LOWER_IS_BETTER = ("loss", "grad_norm", "solve_none", "clip_ratio", "kl", "timing")
 HEALTH_KEYS = (health.SCORE, health.ENTROPY, health.CLIP, health.LEN_MEAN, health.GRAD, health.SOLVE_NONE)
 
 
@@ -88,12 +83,18 @@ def dvc_experiments(root: Path, all_commits: bool = False) -> list[Exp]:
 # `grpolab exps`: the columns of `dvc exp show` that experiments are compared on. Params show only
 # where they differ; of the metrics (every namespace of grpolab.metrics.glossary, smoke checks, validation)
 # only these key ones; never code/data hashes or metric files as deps.
+# the numbers experiments are chosen by: the final training score and health, the last validation
+# (`val-core.<data source>.acc.mean@n`: dvclive's nested keys as DVC flattens them) and the evaluate
+# stage's best checkpoint (`eval/best_step`, `eval/best/<val.select_metric>`)
 KEEP_COLUMNS = (r"^(critic\.score\.mean|actor\.entropy|response_length\.mean|response_length\.clip_ratio|step|"
-                r"val-core/[^/]+/[^/]+/acc/mean@\d+)$")
+                r"val-core\..+\.acc\.mean@\d+|eval/best_step|eval/best/.+)$")
 DROP_COLUMNS = (r"^((actor|critic|batch|response_length|prompt_length|timing_s|timing_per_token_ms|perf|reward|"
                 r"training|rollout|val-core|val-aux|global_step|eval)([./].*)?|steps_completed|peak_memory_gb|passed|"
                 r"grad_norm_step\d+|request|.*(_dir|_files|manifest|\.json)|src/.*|pipelines|data|models/.*|"
                 r"results/.*|dvclive/.*)$")
+
+
+VIEWS_DIR = "views"  # what `grpolab compare` writes: outside DVC's outputs (git-ignored in the demo)
 
 
 def exp_show_args(all_commits: bool = False, md: bool = False) -> list[str]:
@@ -179,11 +180,12 @@ def history_dicts(e: Exp) -> list[dict]:
 
 # --------------------------------------------------------------------------------------------------
 def _best(metric: str, pts: list[tuple[int, float]]) -> tuple[int, float] | None:
+    """The best step by the glossary's direction of `metric` (None: no best, e.g. grad norm, entropy)."""
     pts = [(s, v) for s, v in pts if math.isfinite(v)]
-    if not pts:
+    way = glossary.direction(metric)
+    if not pts or way is None:
         return None
-    low = any(w in metric for w in LOWER_IS_BETTER)
-    return (min if low else max)(pts, key=lambda x: x[1])
+    return (min if way == "min" else max)(pts, key=lambda x: x[1])
 
 
 def _fmt(v) -> str:
@@ -260,7 +262,7 @@ def eval_section(root: Path, exps: list[Exp]) -> list[str]:
         metric = e.params.get("val.select_metric") or default_metric(k)
         header, rows, best = step_table(e.eval_steps, k, metric)
         out += [f"Evaluation of {e.label} per checkpoint (best step {best} by mean `{metric}` over data "
-                f"sources):", "", _table(header, rows), ""]
+                f"sources):", "", md_table(header, rows), ""]
     return (["## Evaluation per checkpoint", ""] + out) if out else []
 
 
@@ -318,7 +320,7 @@ def compare(root: Path, names: list[str] | None = None, metrics: list[str] | Non
         warn = f"No MLflow store at `{uri}`: best values and plots need it."
     findings = {e.rev: health.check(history_dicts(e), e.params) for e in exps if e.history}
     tab = table(exps, metrics, findings)
-    out = Path(out) if out else root / "reports"
+    out = Path(out) if out else root / VIEWS_DIR  # never into reports/, a DVC output
     out = out if out.is_absolute() else root / out
     plots = {}
     for m in metrics:
@@ -327,8 +329,8 @@ def compare(root: Path, names: list[str] | None = None, metrics: list[str] | Non
             plots[m] = f
     md = [f"# Experiment comparison ({dt.datetime.now().isoformat(timespec='minutes')})", "",
           f"{len(exps)} experiment(s) from `dvc exp show`; histories from MLflow `{uri}`. Columns: the "
-          f"params that differ, then each metric's final value (last step) and best over steps (max; min "
-          f"for {', '.join(LOWER_IS_BETTER)}).", ""]
+          f"params that differ, then each metric's final value (last step) and best over steps (by the "
+          f"glossary's direction, `grpolab.metrics.glossary.direction`; `-` where a metric has no best).", ""]
     if warn:
         md += [warn, ""]
     md += [tab, ""]

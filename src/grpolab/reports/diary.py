@@ -19,10 +19,29 @@ from grpolab.metrics.evalmetrics import select_metric
 
 
 # --------------------------------------------------------------------------------------------------
+def run_commit(client, run, root: Path) -> str:
+    """The commit a run's results belong to: an experiment's own commit (its `refs/exps` ref, which
+    DVC writes only after the pipeline ends, so no stage could record it; written back to the run as
+    tag `dvc.exp_commit` once found), else the commit it ran on."""
+    tags = run.data.tags
+    if tags.get("dvc.exp_commit"):
+        return tags["dvc.exp_commit"]
+    name = tags.get("dvc.exp_name")
+    commit = gitmeta.exp_commit(root, name, tags.get("dvc.exp_baseline_rev", "")) if name else ""
+    if commit:
+        try:
+            client.set_tag(run.info.run_id, "dvc.exp_commit", commit)
+        except Exception:  # read-only store: shown anyway
+            pass
+        return commit
+    return tags.get("git.commit", "")
+
+
 def progress_rows(p: Params, reports_dir: Path) -> list[dict]:
     """One row per MLflow train run of this store: status, last step, best / final score, validation,
     its report (found by the run marker)."""
-    uri = mlflow_uri(p, gitmeta.project_root())
+    root = gitmeta.project_root()
+    uri = mlflow_uri(p, root)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         return []
     from mlflow.tracking import MlflowClient
@@ -42,7 +61,7 @@ def progress_rows(p: Params, reports_dir: Path) -> list[dict]:
             "run": r.info.run_id, "status": r.info.status,
             "started": dt.datetime.fromtimestamp(r.info.start_time / 1000).isoformat(timespec="minutes"),
             "exp": tags.get("dvc.exp_name") or "(workspace)", "exp_name": tags.get("grpolab.exp_name", ""),
-            "commit": tags.get("git.commit_short", ""), "steps": hist[-1][0] if hist else 0,
+            "commit": run_commit(client, r, root)[:7], "steps": hist[-1][0] if hist else 0,
             "best": max(hist, key=lambda x: x[1]) if hist else None, "final": hist[-1][1] if hist else None,
             "val": {k: v for k, v in r.data.metrics.items() if k.startswith(health.VAL_PREFIX)},
             "report": reports.get(r.info.run_id, ""),

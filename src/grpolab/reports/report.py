@@ -87,7 +87,7 @@ class Context:
         self.p, self.root = p, root
         self.smoke = _read_json(Path(p.smoke.output_dir) / "summary.json")
         self.train = _read_json(Path(p.trainer.output_dir) / "summary.json")
-        self.rec = self.train.get("tracking") or {}
+        self.rec, self.reused = report_record(p, self.train)
         self.ev = _read_json(Path(p.val.output_dir) / "metrics.json")
         self.steps = eval_steps(p)
         self.hist = self.train.get("history", [])
@@ -130,6 +130,32 @@ class Context:
         return self.p.request
 
 
+def report_record(p: Params, train: dict) -> tuple[dict, dict]:
+    """(the record a report is named and matched by, the train record DVC reused or {}).
+
+    Inside `dvc exp run`, a train summary of another experiment means DVC reused that experiment's
+    train stage (same params and code) for this one, e.g. when only `request` or `exp_name` changed:
+    this experiment gets a report of its own that says so, and the other's report and MLflow
+    description stay as they are."""
+    rec = train.get("tracking") or {}
+    current = gitmeta.dvc_info()["dvc_exp_name"]
+    if not rec:  # no train run here (or one from before records): name it from the environment
+        return {"dvc_exp_name": current}, {}
+    if current and rec.get("dvc_exp_name", "") != current:
+        return ({"dvc_exp_name": current, "run_name": f"{p.exp_name}-{current}", "started": dt.date.today().isoformat(),
+                 "baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""), "code": rec.get("code", {})}, rec)
+    return rec, {}
+
+
+def reuse_note(reused: dict) -> str:
+    """What a report says when DVC reused another experiment's train stage."""
+    if not reused:
+        return ""
+    who = f"run `{reused.get('run_name') or short_id(reused.get('mlflow_run_id', '?'))}`" + (
+        f" (DVC experiment `{reused['dvc_exp_name']}`)" if reused.get("dvc_exp_name") else " (the workspace run)")
+    return f"DVC reused the train stage of {who}: 0 steps trained for this experiment; that run: "
+
+
 def build(p: Params, root: Path, date: str | None = None, plot_name: str | None = None) -> str:
     c = Context(p, root)
     date = c.rec.get("started") or date or dt.date.today().isoformat()
@@ -140,7 +166,7 @@ def build(p: Params, root: Path, date: str | None = None, plot_name: str | None 
         or "no validation metrics"
 
     s = [f"## {date} - {p.exp_name}" + (f" (`{exp}`)" if exp else "")]
-    delivery = (f"Trained {train.get('steps_done', 0)}/{train.get('total_steps', '?')} steps; "
+    delivery = (f"{reuse_note(c.reused)}{provenance(train)}; "
                 f"`critic/score/mean` {num(score0)} -> {num(last.get('critic/score/mean'))}; {val_txt}")
     where = (f"{p.world_size} CPU process(es)" if c.cpu else
              f"{p.world_size} GPU(s) ({p.n_gpus_per_node} per node x {p.nnodes} node(s))")
@@ -194,6 +220,26 @@ def preflight_vs_measured(p: Params, smoke: dict, train: dict) -> dict:
         out[name] = {"estimate": preflight.estimate(params, cfg, device_gb, device),
                      "measured_gb": max(peaks) if peaks else None, "device_gb": device_gb, "device": device}
     return out
+
+
+def provenance(train: dict) -> str:
+    """Which steps this run trained itself and which it took from another run of its trajectory
+    (grpolab.train.checkpoint: which run is which): `Steps 1-20 of 20: 0 trained by this run, 1-20
+    reused from run ...`."""
+    done, total = train.get("steps_done", 0), train.get("total_steps", "?")
+    start = train.get("start") or {"kind": "resumed" if train.get("resumed_from") else "fresh",
+                                   "step": train.get("resumed_from", 0)}
+    s, kind = start.get("step", 0), start.get("kind", "fresh")
+    own = done - s
+    mine = f"steps {s + 1}-{done} trained by this run" if own > 0 else "0 steps trained by this run"
+    if kind == "fresh" or not s:
+        return f"Trained {done}/{total} steps ({mine})"
+    if kind == "resumed":
+        return f"Trained {done}/{total} steps: resumed at step {s} after an interruption ({mine})"
+    who = f"run `{start.get('run_name') or short_id(start.get('mlflow_run_id', '?'))}`" + (
+        f" (DVC experiment `{start['dvc_exp_name']}`)" if start.get("dvc_exp_name") else "")
+    how = "extends" if kind == "extended" else "reuses"
+    return f"{done}/{total} steps: {how} steps 1-{s} of {who}, same params and code ({mine})"
 
 
 def _memory_row(name: str, m: dict) -> list:
@@ -265,9 +311,10 @@ def validation_rows(p: Params, c: Context) -> list[list]:
         if name in c.preflight:
             rows.append(_memory_row(name, c.preflight[name]))
     if train:  # each enabled tracker's row, from what it recorded (grpolab.records.tracking)
-        rows += tracking.report_rows(p, c.rec, train.get("reached", {}), gitmeta.project_root(c.root))
+        rows += tracking.report_rows(p, train.get("tracking") or {}, train.get("reached", {}),
+                                     gitmeta.project_root(c.root))
     done, total = train.get("steps_done", 0), train.get("total_steps", 0)
-    rows.append(["Training progress", f"{done}/{total} steps", "Pass" if total and done == total else
+    rows.append(["Training progress", reuse_note(c.reused) + provenance(train), "Pass" if total and done == total else
                  "Pass - stopped early (trainer.early_stop_patience)" if train.get("stopped_early") else "Fail"])
     g = _grad_row(p, c)
     if g:
@@ -405,9 +452,7 @@ def write(p: Params, root: Path, reports_dir: Path = Path("reports"), date: str 
     """Write the report of the run whose summary is in this tree, to that run's own file; refresh the
     index and progress. Returns (path, the run's record)."""
     reports_dir.mkdir(parents=True, exist_ok=True)
-    record = _read_json(Path(p.trainer.output_dir) / "summary.json").get("tracking") or {}
-    if not record:  # no train run here (or one from before records): name it from the environment
-        record = {"dvc_exp_name": gitmeta.dvc_info()["dvc_exp_name"]}
+    record, _ = report_record(p, _read_json(Path(p.trainer.output_dir) / "summary.json"))
     path = entries.claim(reports_dir, entries.file_name(p, record, date), record,
                        warn=lambda m: print(f"[grpolab] warning: {m}"))
     hist = _read_json(Path(p.trainer.output_dir) / "summary.json").get("history", [])

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from grpolab.params.schema import BUILTIN, function_problems
+from grpolab.params.names import BUILTIN, function_problems
 from grpolab.util import GrpolabError
 from grpolab.reward.math_reward import RewardScorer, extract_answer, reward_metrics
 
@@ -150,6 +150,11 @@ class RewardFunctions:
         self.builtin = (RewardScorer(num_workers=num_workers, timeout_s=timeout_s)
                         if BUILTIN in self.weights else None)
         self._pool = None
+        self.first_error = ""  # the first failure's text (`reward.function`, the error): shown once
+
+    def _failed(self, spec: str, why: str) -> None:
+        if not self.first_error:
+            self.first_error = f"{spec}: {why}"
 
     def _pool_(self):
         if self._pool is None:
@@ -171,8 +176,10 @@ class RewardFunctions:
                 out.append(fut.result(timeout=deadline))
             except concurrent.futures.TimeoutError:
                 fut.cancel()
+                self._failed(spec, f"ran past reward.timeout_s ({self.timeout_s:g} s)")
                 out.append(None)
-            except Exception:  # noqa: BLE001 - raised inside the user's function, or worker died
+            except Exception as exc:  # noqa: BLE001 - raised inside the user's function, or worker died
+                self._failed(spec, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
                 out.append(None)
         return out
 

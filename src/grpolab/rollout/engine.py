@@ -15,7 +15,7 @@ every optimizer step and after a resume.
 
 Each engine class owns its params checks (`check(p) -> [errors]`, run by `grpolab params check` and
 by every stage before work) and its preflight memory term (`memory(p, shape, device_bytes,
-param_bytes) -> EngineMemory`), so a new engine touches its own module and the `ENGINES` table (grpolab.params.schema).
+param_bytes) -> EngineMemory`), so a new engine touches its own module and the `ENGINES` table (grpolab.params.names).
 
 A Rollout holds token ids, not strings, so the trainer scores exactly what was sampled.
 """
@@ -28,7 +28,7 @@ from typing import Protocol
 
 import torch
 
-from grpolab.params.schema import ENGINES
+from grpolab.params.names import ENGINES
 from grpolab.model import load as models
 
 

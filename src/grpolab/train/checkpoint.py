@@ -10,9 +10,21 @@ Layout under `home(output_dir, fingerprint)` = `<repo root>/<output_dir's parent
 Why there and not inside `<output_dir>`: that folder is a DVC output, and `dvc exp run` restores it to
 the baseline's before training starts, so a killed experiment's own checkpoints were gone and the
 baseline's hid them. `results/checkpoints/` is no DVC output and is git-ignored (a `.gitignore` of its
-own), it sits in the repository root also for queued runs (found via `DVC_ROOT`), and one folder per
-params fingerprint means a run resumes only its own checkpoints and retention never deletes another
-run's.
+own), it sits in the repository root also for queued runs (found via `DVC_ROOT`).
+
+Which run is which. One folder per trajectory (`grpolab.params.stagedefs.params_fingerprint`: the
+params and code that decide the weights step by step): `global_step_N` there is the weights after N
+steps of that trajectory, whichever run wrote it, so runs of one trajectory share them:
+- a run asked for T steps starts from the newest valid checkpoint at a step <= T (never a later one):
+  after a kill that is its own (a resume); otherwise another run's steps are reused, and its records
+  say whose and how many steps it trained itself (T - N, 0 included). More steps than any run before
+  extend the trajectory (recorded as an extension of the run whose checkpoint it started from);
+- a run adds only the steps it trains, prunes (`max_ckpt_to_keep`) only what it wrote, and `latest`
+  names the highest step in the folder, never a lower one;
+- `trainer.resume_mode: disable` starts from step 0 in a folder of its own (`fresh_home`), so it never
+  writes into another run's;
+- a run's train summary lists exactly its checkpoints (the reused ones and its own): the evaluate
+  stage scores those, never the others in the folder.
 
 A checkpoint is written into `global_step_N.tmp/`, every file is hashed into `manifest.json` last,
 then the folder is renamed and `latest` replaced atomically: a kill during a save leaves the previous
@@ -25,6 +37,7 @@ import json
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -62,8 +75,14 @@ def world_size_mismatch(found: Path, state: dict, world: int) -> str:
 
 
 def run_home(p: Params) -> Path:
-    """This run's checkpoint folder: `home()` of its output dir and params fingerprint."""
+    """The checkpoint folder of this run's trajectory: `home()` of its output dir and fingerprint."""
     return home(p.trainer.output_dir, params_fingerprint(p))
+
+
+def fresh_home(p: Params) -> Path:
+    """A new folder of this trajectory's for a run that starts over (`resume_mode: disable`)."""
+    base = run_home(p)
+    return base.with_name(f"{base.name}-fresh-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
 
 
 def _ignore_in_git(root: Path) -> None:
@@ -75,12 +94,13 @@ def _ignore_in_git(root: Path) -> None:
         gi.write_text("*\n")
 
 
-def list_checkpoints(root: Path) -> list[Path]:
-    """Complete-looking checkpoint folders, newest first (`.tmp` leftovers are ignored)."""
+def list_checkpoints(root: Path, max_step: int | None = None) -> list[Path]:
+    """Complete-looking checkpoint folders (at steps <= max_step), newest first (`.tmp` leftovers are
+    ignored)."""
     if not root.exists():
         return []
     dirs = [d for d in root.iterdir() if d.is_dir() and d.name.startswith(PREFIX)
-            and d.name[len(PREFIX):].isdigit()]
+            and d.name[len(PREFIX):].isdigit() and (max_step is None or step_of(d) <= max_step)]
     return sorted(dirs, key=step_of, reverse=True)
 
 
@@ -118,8 +138,10 @@ def set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state(st["cuda"])
 
 
-def save(root: Path, step: int, model, optimizer, state: dict, keep: int, rank: int) -> Path:
-    """Collective: every rank calls it. Returns the final checkpoint folder."""
+def save(root: Path, step: int, model, optimizer, state: dict, keep: int, rank: int,
+         own: list[int] | None = None) -> Path:
+    """Collective: every rank calls it. Returns the final checkpoint folder. `own`: the steps this
+    run saved before (retention deletes only those, the oldest first, keeping `keep` in all)."""
     final = root / f"{PREFIX}{step}"
     tmp = root / f"{PREFIX}{step}.tmp"
     if rank == 0:
@@ -138,17 +160,19 @@ def save(root: Path, step: int, model, optimizer, state: dict, keep: int, rank: 
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         latest = root / "latest.tmp"
-        latest.write_text(final.name + "\n")
+        latest.write_text(list_checkpoints(root)[0].name + "\n")  # the highest step, never a lower one
         os.replace(latest, root / "latest")
-        for old in list_checkpoints(root)[keep:]:
-            shutil.rmtree(old, ignore_errors=True)
+        mine = sorted({*(own or []), step})
+        for old in mine[:-keep] if keep else []:
+            shutil.rmtree(root / f"{PREFIX}{old}", ignore_errors=True)
     dist.barrier()
     return final
 
 
-def find_valid(root: Path, log=print) -> Path | None:
-    """Newest checkpoint that verifies; broken ones are reported and skipped (rank 0 decides)."""
-    for ckpt in list_checkpoints(root):
+def find_valid(root: Path, log=print, max_step: int | None = None) -> Path | None:
+    """Newest checkpoint (at a step <= max_step) that verifies; broken ones are reported and skipped
+    (rank 0 decides)."""
+    for ckpt in list_checkpoints(root, max_step):
         why = verify(ckpt)
         if why is None:
             return ckpt
@@ -160,10 +184,11 @@ def read_state(ckpt: Path) -> dict:
     return json.loads((ckpt / "state.json").read_text())
 
 
-def peek_state(root: Path) -> tuple[Path | None, dict]:
-    """The newest checkpoint whose manifest and state.json read (a truncated one is skipped, as a
-    broken shard is by `find_valid`), without hashing its shards; (None, {}) when there is none."""
-    for ckpt in list_checkpoints(root):
+def peek_state(root: Path, max_step: int | None = None) -> tuple[Path | None, dict]:
+    """The newest checkpoint (at a step <= max_step) whose manifest and state.json read (a truncated
+    one is skipped, as a broken shard is by `find_valid`), without hashing its shards; (None, {})
+    when there is none."""
+    for ckpt in list_checkpoints(root, max_step):
         try:
             if (ckpt / "manifest.json").exists():
                 return ckpt, read_state(ckpt)

@@ -111,7 +111,8 @@ def run_ray(p: Params, stage: str, params_file: Path) -> int:
         rcs = ray.get([a.run.remote(stage, text, {
             "RANK": str(r), "WORLD_SIZE": str(world), "LOCAL_RANK": str(local_ranks[r]),
             "LOCAL_WORLD_SIZE": str(nodes.count(nodes[r])), "MASTER_ADDR": addr, "MASTER_PORT": str(port),
-            "GRPOLAB_WORKER": "ray"}) for r, a in enumerate(actors)])
+            "GRPOLAB_WORKER": "ray", **{k: v for k, v in os.environ.items() if k.startswith("GRPOLAB_")
+                                        and k != "GRPOLAB_WORKER"}}) for r, a in enumerate(actors)])
         return max(rcs)
     finally:
         ray.shutdown()

@@ -7,11 +7,11 @@ the model's config.json alone (nothing is loaded), before a multi-hour job is qu
 What is counted, per GPU, in bytes (N parameters, W = n_gpus_per_node x nnodes ranks, b = bytes per
 parameter: 2 for bf16, 4 for fp32; `model.dtype: auto` is bf16 on GPU, fp32 on CPU):
 
-    weights      N b / W               FSDP full sharding
-    grads        N b / W               reduce-scattered into the same shards
-    optimizer    2 N b / W             AdamW exp_avg + exp_avg_sq, in the parameter dtype (torch AdamW
-                                       on the loaded parameters; verl's fp32 master copy would be 12 N / W)
-    reference    N b / W               frozen copy for the KL loss (only when kl_loss_coef > 0)
+    weights      4 N / W               FSDP full sharding of the fp32 master weights (the trainer loads the
+                                       model in float32; b is FSDP's compute dtype)
+    grads        4 N / W               reduce-scattered into the same shards
+    optimizer    8 N / W               AdamW exp_avg + exp_avg_sq of the fp32 parameters
+    reference    4 N / W               frozen copy for the KL loss (only when kl_loss_coef > 0)
     fsdp gather  2 max(layer, embedding) b   one unit gathered + one prefetched (only when W > 1)
     activations  T = ppo_micro_batch_size_per_gpu x (max_prompt_length + max_response_length) tokens
                  per decoder layer and token, ACT_ELEMS = 6H + 4I + 6 q + 5 kv elements of b bytes
@@ -48,7 +48,8 @@ weights, AdamW, the trainer's log-prob + entropy path, one forward/backward/step
 
 Those six were measured before the chunked head existed, when the trainer kept the full-vocabulary
 logits (then T V b + R V x 28): 24-30 bytes per response token per vocab entry were measured
-(LOGIT_FP32_BYTES = 28), so the recipe's 32,768-token responses needed ~130 GB for one sequence. The
+(MASTER_BYTES = 4  # fp32 master weights (and their grads and AdamW states), whatever model.dtype says
+LOGIT_FP32_BYTES = 28), so the recipe's 32,768-token responses needed ~130 GB for one sequence. The
 chunked head keeps C tokens' worth of that instead (1024 tokens: 4.1 GiB); its CPU measurement is
 benchmarks/logp_memory.py, a GPU re-check of the table is still to do.
 """
@@ -62,6 +63,7 @@ from grpolab.util import GrpolabError
 
 GIB = 2**30
 ACT_ELEMS = {"H": 6, "I": 4, "q": 6, "kv": 5}  # activation elements per token per layer (see above)
+MASTER_BYTES = 4  # fp32 master weights (and their grads and AdamW states), whatever model.dtype says
 LOGIT_FP32_BYTES = 28  # bytes per response token per vocab entry beyond the lm_head output (measured)
 OVERHEAD_GB = 1.0
 
@@ -148,7 +150,9 @@ def estimate(p, model_config: dict, device_memory_gb: float = 80.0, device: str 
     chunk = p.trainer.logits_chunk_tokens if logits_chunk_tokens is None else logits_chunk_tokens
 
     act_elems = ACT_ELEMS["H"] * H + ACT_ELEMS["I"] * I + ACT_ELEMS["q"] * q + ACT_ELEMS["kv"] * kv
-    shard = 0 if offload else N * b / W
+    # the trainer keeps fp32 master weights (grpolab.train.trainer loads the model in float32; bf16 is
+    # FSDP's compute dtype on GPU), so weights, grads, AdamW states and the reference are 4 bytes each
+    shard = 0 if offload else N * MASTER_BYTES / W
     mem = {
         "weights": shard,
         "grads": shard,

@@ -22,8 +22,11 @@ from grpolab.records.tracking import Tracker
 from grpolab.reward.functions import check_functions
 from grpolab.train import checkpoint, launch
 from grpolab.train.envcheck import environment_errors
-from grpolab.train.trainer import Trainer
+from grpolab.train.trainer import Hooks, Trainer
 from grpolab.util import StageFailed, console, write_json
+
+
+CHECKPOINT_DIR_ENV = "GRPOLAB_CHECKPOINT_DIR"  # a fresh run's folder, the same on every rank
 
 
 def _progress() -> tuple[Progress, callable]:
@@ -46,71 +49,109 @@ def _progress() -> tuple[Progress, callable]:
     return prog, update
 
 
-def run_training(p: Params, stage: str, dvclive: bool) -> dict:
-    """Train on this rank with tracking on rank 0; returns the summary (rank 0) or {}."""
-    trainer = Trainer(p, p.model.local_dir, warn=lambda m: console.print(f"[yellow]warning[/]: {m}"))
-    fp = params_fingerprint(p)
-    resumed = trainer.try_resume(fingerprint=fp)
-    tracker = None
-    if trainer.ctx.main:
-        if resumed:
-            console.print(f"[bold]resuming[/] from step {resumed} ({checkpoint.run_home(p)})")
-        tracker = Tracker(p, stage=stage, dvclive=dvclive,
-                          resume=trainer.tracking_ids if resumed else None)
-        if resumed:
-            tracker.replay(trainer.history)  # steps 1..resumed, to the records that lack them
-        trainer.tracking_ids = tracker.ids()
-        trainer.log_fn = tracker.log
-    trainer.fingerprint = fp
-    ok = False
-    entry = _diary(p, trainer, tracker) if stage == "train" and tracker is not None else None
-    try:
-        if trainer.ctx.main:
-            prog, update = _progress()
+class RunRecords:
+    """The hooks of one training run on rank 0 (grpolab.train.trainer.Hooks): its tracker, opened once
+    the run knows where it starts (a resumed or reused checkpoint's records are continued or linked),
+    the progress bar and the run's entry in the reports folder."""
 
-            def progress(step, total, m):
-                update(step, total, m)
-                if entry:
-                    entry("running", step, total)
-            trainer.progress = progress
-            if entry:
-                entry("running", trainer.step, trainer.total_steps())
-            with prog:
+    def __init__(self, p: Params, stage: str, dvclive: bool):
+        self.p, self.stage, self.dvclive = p, stage, dvclive
+        self.tracker: Tracker | None = None
+        self.prog, self._update = _progress()
+
+    def warn(self, msg: str) -> None:
+        console.print(f"[yellow]warning[/]: {msg}")
+
+    def start(self, trainer: Trainer) -> dict:
+        s = trainer.start
+        if s["step"]:
+            console.print(f"[bold]resuming[/] from step {s['step']} ({s['checkpoint']})", highlight=False)
+        # the checkpoint's own MLflow/W&B runs are continued when they can go on (a kill), otherwise a
+        # new run linked to them records this one (grpolab.records.mlflow_runs)
+        self.tracker = Tracker(self.p, stage=self.stage, dvclive=self.dvclive,
+                               resume=s["tracking"] if s["step"] else None)
+        if s["step"]:
+            self.tracker.replay(trainer.history)  # steps 1..N, to the records that lack them
+        self.entry("running", trainer.step, trainer.total_steps())
+        return self.tracker.ids()
+
+    def log(self, metrics: dict, step: int) -> None:
+        self.tracker.log(metrics, step)
+
+    def progress(self, step: int, total: int, metrics: dict) -> None:
+        self._update(step, total, metrics)
+        self.entry("running", step, total)
+
+    def entry(self, status: str, step: int, total: int, error: str = "") -> None:
+        """The report-index entry of a run in progress (train stage only); the report stage replaces it."""
+        if self.stage != "train" or self.tracker is None:
+            return
+        try:
+            entries.write_status(self.p, self.tracker.ids(), status, step, total, error)
+        except Exception as exc:  # the diary must never stop training
+            console.print(f"[yellow]warning[/]: report entry not updated: {exc}")
+
+    def hooks(self) -> Hooks:
+        return Hooks(start=self.start, log=self.log, progress=self.progress, warn=self.warn)
+
+
+def start_record(trainer: Trainer) -> dict:
+    """Where the run's weights come from, for its records: `fresh` (step 0), `resumed` after a kill
+    (its own MLflow run goes on), `reused` (another run's steps of the same trajectory, nothing
+    trained) or `extended` (another run's steps, then more of its own)."""
+    s, own = trainer.start, trainer.tracking_ids
+    if not s["step"]:
+        return {"kind": "fresh", "step": 0}
+    src = s["tracking"]
+    same = bool(src.get("mlflow_run_id")) and src.get("mlflow_run_id") == own.get("mlflow_run_id")
+    kind = "resumed" if same else "extended" if trainer.step > s["step"] else "reused"
+    return {"kind": kind, "step": s["step"], "checkpoint": s["checkpoint"],
+            "run_name": src.get("run_name", ""), "mlflow_run_id": src.get("mlflow_run_id", ""),
+            "dvc_exp_name": src.get("dvc_exp_name", ""), "commit": src.get("commit", "")}
+
+
+def run_training(p: Params, stage: str, dvclive: bool, checkpoint_dir: Path | None = None) -> dict:
+    """Train on this rank with tracking on rank 0; returns the summary (rank 0) or {}."""
+    main = int(os.environ.get("RANK", "0")) == 0
+    records = RunRecords(p, stage, dvclive) if main else None
+    trainer = Trainer(p, p.model.local_dir, hooks=records.hooks() if records else None,
+                      fingerprint=params_fingerprint(p), checkpoint_dir=checkpoint_dir)
+    ok = False
+    try:
+        if records:
+            with records.prog:
                 res = trainer.fit()
         else:
             res = trainer.fit()
         ok = True
-        if entry:
-            entry("trained", trainer.step, trainer.total_steps())
+        if records:
+            records.entry("trained", trainer.step, trainer.total_steps())
+            start = start_record(trainer)
+            records.tracker.tag({"grpolab.start": start["kind"], "grpolab.start_step": start["step"],
+                                 "grpolab.steps_trained": trainer.step - start["step"],
+                                 **({"grpolab.reused_from_run": start["mlflow_run_id"]}
+                                    if start["kind"] in ("reused", "extended") and start.get("mlflow_run_id") else {})})
     except BaseException as exc:
-        if entry:
-            entry("failed", trainer.step, trainer.total_steps(), f"{type(exc).__name__}: {exc}")
+        if records:
+            records.entry("failed", trainer.step, trainer.total_steps(), f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        if tracker is not None:
-            tracker.close(ok)
-    if not trainer.ctx.main:
+        if records and records.tracker is not None:
+            records.tracker.close(ok)
+    if not records:
         return {}
+    tracker = records.tracker
     return {
         "stage": stage, "exp_name": p.exp_name, "steps_done": res.steps_done,
         "total_steps": trainer.total_steps(), "resumed_from": res.resumed_from,
+        "start": start_record(trainer), "steps_trained": res.steps_done - res.resumed_from,
+        "checkpoints": trainer.checkpoints(),
         "history": res.history, "val": res.val, "final_dir": str(res.final_dir),
         "stopped_early": res.stopped_early, "best": res.best,
         "tracking": tracker.ids(), "reached": tracker.reached, "device": str(trainer.device),
         "world_size": trainer.ctx.world, "skipped_rows": trainer.skipped,
         "samples": getattr(trainer, "samples", []),
     }
-
-
-def _diary(p: Params, trainer, tracker):
-    """The report-index entry of a run in progress: `entry(status, step, total, error)` rewrites it
-    (running at every step, failed with the last step reached); the report stage replaces it."""
-    def entry(status: str, step: int, total: int, error: str = "") -> None:
-        try:
-            entries.write_status(p, tracker.ids(), status, step, total, error)
-        except Exception as exc:  # the diary must never stop training
-            console.print(f"[yellow]warning[/]: report entry not updated: {exc}")
-    return entry
 
 
 def check_engine(p: Params) -> None:
@@ -156,6 +197,12 @@ def smoke_checks(p: Params, summary: dict) -> dict:
         "tracking_reached": {"value": sorted(summary["reached"]), "pass": want <= set(summary["reached"]),
                              "rule": "includes " + (", ".join(sorted(want)) or "nothing")},
     }
+    errors = [h["reward/error"] for h in summary["history"] if "reward/error" in h]
+    if errors:  # user reward functions: most calls failing means training on zeros
+        per_step = p.train_prompt_bsz * p.n_resp_per_prompt
+        share = sum(errors) / (per_step * len(errors))
+        checks["reward_errors"] = {"value": round(share, 3), "pass": share <= 0.5,
+                                   "rule": "<= 0.5 of the reward function calls failing"}
     return checks
 
 
@@ -203,19 +250,24 @@ def smoke_body(sp: Params) -> None:
 
 
 def train(p: Params) -> None:
-    """The configured run on `n_gpus_per_node x nnodes` ranks; resumes from the latest checkpoint."""
+    """The configured run on `n_gpus_per_node x nnodes` ranks. It starts from the newest checkpoint of
+    its trajectory at a step <= the steps asked for (grpolab.train.checkpoint says which run is
+    which); with `trainer.resume_mode: disable`, from step 0 in a checkpoint folder of its own."""
     check_engine(p)
     check_data(p)
+    os.environ.pop(CHECKPOINT_DIR_ENV, None)
     if p.trainer.resume_mode == "auto":  # refuse a changed world size before anything loads
-        found, state = checkpoint.peek_state(checkpoint.run_home(p))
+        found, state = checkpoint.peek_state(checkpoint.run_home(p), max_step=p.trainer.total_training_steps)
         if state.get("fingerprint") == params_fingerprint(p):
             mismatch = checkpoint.world_size_mismatch(found, state, p.world_size)
             if mismatch:
                 raise StageFailed(mismatch)
+    else:  # every rank (torchrun, Ray) writes into the same fresh folder
+        os.environ[CHECKPOINT_DIR_ENV] = str(checkpoint.fresh_home(p))
     launch.run(p, train_body)
 
 
 def train_body(p: Params) -> None:
-    summary = run_training(p, stage="train", dvclive=True)
+    summary = run_training(p, stage="train", dvclive=True, checkpoint_dir=os.environ.get(CHECKPOINT_DIR_ENV) or None)
     if summary:
         write_json(Path(p.trainer.output_dir) / "summary.json", summary)

@@ -30,6 +30,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 import torch
@@ -132,10 +133,27 @@ class PromptSampler:
         return out, self.pos // self.n
 
 
+@dataclass
+class Hooks:
+    """What a caller learns from `Trainer.fit`, given at construction (all optional):
+    `start(trainer) -> ids` once the run knows where it starts (after a resume), returning the run's
+    record ids to keep in its checkpoints; `log(metrics, step)`; `progress(step, total, metrics)`;
+    `warn(message)`."""
+    start: Callable[["Trainer"], dict] | None = None
+    log: Callable[[dict, int], None] | None = None
+    progress: Callable[[int, int, dict], None] | None = None
+    warn: Callable[[str], None] = print
+
+
 class Trainer:
-    def __init__(self, p: Params, model_dir: str | Path, log_fn=None, progress=None,
-                 advantage_sign: float = 1.0, warn=print):
-        self.p, self.log_fn, self.progress, self.warn = p, log_fn, progress, warn
+    def __init__(self, p: Params, model_dir: str | Path, hooks: Hooks | None = None, fingerprint: str = "",
+                 checkpoint_dir: str | Path | None = None, advantage_sign: float = 1.0, warn=None):
+        """`fingerprint`: the run's trajectory (grpolab.params.stagedefs); `checkpoint_dir`: where its
+        checkpoints are read and written (default: the trajectory's folder, grpolab.train.checkpoint)."""
+        self.hooks = hooks or Hooks(warn=warn or print)
+        self.p, self.warn = p, warn or self.hooks.warn
+        self.fingerprint = fingerprint
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else checkpoint.home(p.trainer.output_dir, fingerprint)
         self.advantage_sign = advantage_sign  # -1 only in the test proving the learning test can fail
         self.ctx = dist.init(dist.device_kind(p.trainer.device))
         self.device = self.ctx.device
@@ -182,7 +200,10 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self.tracking_ids: dict = {}
-        self.fingerprint = ""
+        self.start = {"step": 0, "checkpoint": "", "tracking": {}}  # where this run started (a checkpoint's)
+        self.reused: list[int] = []  # steps of the checkpoints it started from (its own after a kill)
+        self.own: list[int] = []  # steps of the checkpoints it wrote
+        self.reward_error_shown = False
         self.early = {"best": None, "step": 0, "bad": 0}  # early stopping state (saved in checkpoints)
 
     def shard(self, model) -> None:
@@ -269,6 +290,10 @@ class Trainer:
             "perf/max_memory_allocated_gb": peak_memory_gb(self.device),
         })
         metrics.update(self.scorer.metrics(results))
+        if self.scorer.first_error and not self.reward_error_shown:  # once per run, with its text
+            self.reward_error_shown = True
+            self.warn(f"reward.function failed at step {self.step} ({self.scorer.first_error}); every failed "
+                      f"call scores 0 and is counted in reward/error")
         self.samples = [{"response": texts[i], "ground_truth": gts[i], "score": results[i].score}
                         for i in range(min(len(texts), p.trainer.log_samples))]
         out = dist.reduce_metrics(metrics, self.device)
@@ -410,31 +435,31 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         p = self.p
-        root = checkpoint.home(p.trainer.output_dir, self.fingerprint)
+        root = self.checkpoint_dir
         state = {"sampler_pos": self.sampler.pos, "scheduler": self.sched.state_dict(),
                  "fingerprint": self.fingerprint,
                  "world_size": self.ctx.world, "tracking": self.tracking_ids, "history": self.history,
                  "early_stop": self.early}
         ckpt = checkpoint.save(root, self.step, self.model, self.opt, state, p.trainer.max_ckpt_to_keep,
-                               self.ctx.rank)
+                               self.ctx.rank, own=self.own)
+        self.own.append(self.step)
         if p.trainer.export_hf:
             self.export_hf(ckpt / "hf")
         return ckpt
 
-    def try_resume(self, fingerprint: str = "") -> int:
-        """resume_mode auto: restore the newest valid checkpoint; returns its step (0: fresh start).
-
-        A checkpoint written with other training params (another experiment) is not resumed."""
-        self.fingerprint = fingerprint
-        if self.p.trainer.resume_mode != "auto":
+    def try_resume(self) -> int:
+        """resume_mode auto: restore the newest valid checkpoint of this trajectory at a step <= the
+        steps asked for (never a later one); returns its step (0: a fresh start). Only a run that knows
+        its trajectory (`fingerprint`, as the train stage gives it) resumes."""
+        if self.p.trainer.resume_mode != "auto" or not self.fingerprint:
             return 0
-        root = checkpoint.home(self.p.trainer.output_dir, fingerprint)
-        found = checkpoint.find_valid(root, log=self.warn) if self.ctx.main else None
+        root = self.checkpoint_dir
+        found = checkpoint.find_valid(root, log=self.warn, max_step=self.total_steps()) if self.ctx.main else None
         found = dist.broadcast_object(str(found) if found else "")
         if not found:
             return 0
         state = checkpoint.read_state(Path(found))
-        if state.get("fingerprint") != fingerprint:
+        if state.get("fingerprint") != self.fingerprint:
             if self.ctx.main:
                 self.warn(f"{found} was written with other params; starting from step 0")
             return 0
@@ -448,20 +473,48 @@ class Trainer:
         self.history = state["history"]
         self.tracking_ids = state.get("tracking", {})
         self.early = state.get("early_stop", self.early)
+        self.start = {"step": self.step, "checkpoint": str(found), "tracking": self.tracking_ids}
+        self.reused = sorted(checkpoint.step_of(c) for c in checkpoint.list_checkpoints(root, self.step))
         self.engine.sync_weights(self.model)  # the engine still holds the initial weights
         return self.step
 
+    def written_by_this_run(self, steps: list[int]) -> list[int]:
+        """The steps among `steps` whose checkpoint this run wrote before a kill (same MLflow run)."""
+        me = self.tracking_ids.get("mlflow_run_id")
+        out = []
+        for s in steps if me else []:
+            try:
+                if checkpoint.read_state(self.checkpoint_dir / f"{checkpoint.PREFIX}{s}").get(
+                        "tracking", {}).get("mlflow_run_id") == me:
+                    out.append(s)
+            except (OSError, ValueError):
+                pass
+        return out
+
+    def checkpoints(self) -> list[dict]:
+        """The checkpoints that belong to this run (the ones it started from and its own), by step."""
+        return [{"step": s, "path": str(self.checkpoint_dir / f"{checkpoint.PREFIX}{s}"),
+                 "written_by": "this run" if s in self.own else "reused"}
+                for s in sorted(set(self.reused) | set(self.own))
+                if (self.checkpoint_dir / f"{checkpoint.PREFIX}{s}").exists()]
+
     def fit(self) -> TrainResult:
-        p = self.p
+        """Resume where this run's trajectory allows (`try_resume`), tell `hooks.start`, then train to
+        `total_steps()`, validating, logging and saving as params say."""
+        p, hooks = self.p, self.hooks
         total = self.total_steps()
+        self.try_resume()
+        if hooks.start:
+            self.tracking_ids = hooks.start(self) or {}
+        self.own = self.written_by_this_run(self.reused)
         res = TrainResult(steps_done=0, resumed_from=self.step)
         out = Path(p.trainer.output_dir)
         try:
             if p.trainer.val_before_train and self.step == 0:
                 v = self.validate()
                 self.early_stop(v)  # the untrained model is a candidate for the best too
-                if v and self.log_fn:
-                    self.log_fn(v, 0)
+                if v and hooks.log:
+                    hooks.log(v, 0)
             while self.step < total:
                 self.step += 1
                 m = self.train_step()
@@ -476,10 +529,10 @@ class Trainer:
                 if self.ctx.main:
                     for w in health.warnings_for_step(self.history, p):
                         self.warn(w)
-                if self.log_fn:
-                    self.log_fn(m, self.step)
-                if self.progress:
-                    self.progress(self.step, total, m)
+                if hooks.log:
+                    hooks.log(m, self.step)
+                if hooks.progress:
+                    hooks.progress(self.step, total, m)
                 if p.trainer.save_freq and self.step % p.trainer.save_freq == 0:
                     self.save_checkpoint()
                 if res.stopped_early:
@@ -487,8 +540,8 @@ class Trainer:
             res.val = self.validate() if p.trainer.validate_at_end else {}
             if res.val:
                 self.early_stop(res.val)
-            if res.val and self.log_fn:
-                self.log_fn(res.val, self.step)
+            if res.val and hooks.log:
+                hooks.log(res.val, self.step)
             if p.trainer.save_final:
                 res.final_dir = self.export_hf(out / "final")
         finally:

@@ -1,0 +1,167 @@
+"""A campaign in one real git + DVC workspace on the tiny model (issue 20): which run is which.
+
+Baseline (4 steps, a checkpoint every 2), then `dvc exp run` with only the step budget changed
+(shorter: its steps are the baseline's, nothing is trained; longer: an extension), and one with
+`trainer.resume_mode=disable`. Each run's checkpoints, summary, report and MLflow run say where its
+weights came from; no run writes into another's checkpoints or report.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from helpers import ROOT, env_for, md_row, sh
+
+from grpolab.pipeline.demo import DEMO_OVERRIDES, make_workspace
+from grpolab.util import deep_merge
+
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("campaign")]
+
+OVERRIDES = {"trainer": {"total_training_steps": 4, "save_freq": 2, "test_freq": 0},
+             "val": {"max_prompts": 4}, "tracking": {"wandb": False}}
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory):
+    top = tmp_path_factory.mktemp("campaign")
+    ws, home = top / "ws", top / "home"
+    home.mkdir()
+    env, logs = env_for(home), {}
+    make_workspace(ws, ROOT, deep_merge(copy.deepcopy(DEMO_OVERRIDES), OVERRIDES))
+    for i, args in enumerate((["git", "init", "-q", "-b", "main"], ["dvc", "init", "-q"], ["git", "add", "-A"],
+                              ["git", "commit", "-q", "-m", "pipeline"], ["dvc", "repro", "-q"], ["git", "add", "-A"],
+                              ["git", "commit", "-q", "-m", "baseline"])):
+        sh(args, ws, env, logs, f"base{i}")
+    ckpts = ws / "results" / "checkpoints"
+    folder = next(d for d in ckpts.iterdir() if d.is_dir())
+    state = {"folder": folder, "files": _files(ckpts), "latest": (folder / "latest").read_text(),
+             # each run's own report (index.md and progress.md are views over every run: they grow)
+             "reports": {f.name: f.read_bytes() for f in (ws / "reports").glob("*.md")
+                         if f.name not in ("index.md", "progress.md")}, "notes": _notes(ws)}
+    runs = {}
+    for name, args in (("reqonly", ["-S", "request='Only a new request'"]),
+                       ("short", ["-S", "trainer.total_training_steps=2"]),
+                       ("longer", ["-S", "trainer.total_training_steps=6"]),
+                       ("fresh", ["-S", "trainer.resume_mode=disable"])):
+        sh(["git", "checkout", "--", "params.yaml"], ws, env, logs, f"reset-{name}")  # back to the baseline's
+        r = sh(["dvc", "exp", "run", "-n", name, *args], ws, env, logs, name)
+        # `dvc exp run` leaves the experiment's results in the workspace
+        runs[name] = {"out": r.stdout + r.stderr,
+                      "summary": json.loads((ws / "results/train/summary.json").read_text()),
+                      "eval": json.loads((ws / "results/eval/steps.json").read_text())}
+        if name == "short":
+            state["after_short"] = _files(ckpts)
+    return {"ws": ws, "env": env, "logs": logs, "runs": runs, **state}
+
+
+def _notes(ws: Path) -> dict[str, str]:
+    con = sqlite3.connect(ws / "mlflow.db")
+    return dict(con.execute("select run_uuid, value from tags where key='mlflow.note.content'"))
+
+
+def _files(root: Path) -> dict[str, int]:
+    return {str(f.relative_to(root)): f.stat().st_mtime_ns for f in root.rglob("*") if f.is_file()}
+
+
+def test_fewer_steps_reuse_the_baselines_checkpoint_and_train_nothing(campaign):
+    s = campaign["runs"]["short"]["summary"]
+    assert s["steps_done"] == 2 and s["steps_trained"] == 0
+    assert s["start"]["kind"] == "reused" and s["start"]["step"] == 2
+    assert s["start"]["dvc_exp_name"] == "" and s["start"]["run_name"].endswith("-train")  # the baseline's
+    assert [c["step"] for c in s["checkpoints"]] == [2]  # never the baseline's later step 4
+    assert sorted(r["step"] for r in campaign["runs"]["short"]["eval"]) == [0, 2]  # evaluated: its own
+    # the baseline's checkpoints untouched: no file added or rewritten, `latest` still its step 4
+    assert campaign["after_short"] == campaign["files"]
+
+
+def test_more_steps_extend_the_trajectory(campaign):
+    s = campaign["runs"]["longer"]["summary"]
+    assert s["start"]["kind"] == "extended" and s["start"]["step"] == 4
+    assert s["steps_done"] == 6 and s["steps_trained"] == 2
+    assert [(c["step"], c["written_by"]) for c in s["checkpoints"]] == [(2, "reused"), (4, "reused"), (6, "this run")]
+    assert (campaign["folder"] / "latest").read_text().strip() == "global_step_6"
+
+
+def test_a_fresh_start_never_writes_into_another_runs_folder(campaign):
+    s = campaign["runs"]["fresh"]["summary"]
+    assert s["start"]["kind"] == "fresh" and s["steps_trained"] == 4
+    folders = {Path(c["path"]).parent for c in s["checkpoints"]}
+    assert len(folders) == 1 and campaign["folder"] not in folders
+    assert "-fresh-" in folders.pop().name
+    for f, mtime in campaign["files"].items():  # the baseline's checkpoints are as it left them
+        assert (campaign["folder"].parent / f).stat().st_mtime_ns == mtime, f
+
+
+def test_every_record_says_where_the_weights_came_from(campaign):
+    ws = campaign["ws"]
+    con = sqlite3.connect(ws / "mlflow.db")
+    tags = {}
+    for run, key, value in con.execute("select t.run_uuid, t.key, t.value from tags t join runs r using (run_uuid) "
+                                       "where r.name like '%-train'"):
+        tags.setdefault(run, {})[key] = value
+    by_exp = {t.get("dvc.exp_name", ""): t for t in tags.values()}
+    assert by_exp["short"]["grpolab.start"] == "reused" and by_exp["short"]["grpolab.steps_trained"] == "0"
+    assert by_exp["short"]["grpolab.reused_from_run"] == campaign["runs"]["short"]["summary"]["start"]["mlflow_run_id"]
+    assert by_exp["longer"]["grpolab.start"] == "extended" and by_exp["longer"]["grpolab.steps_trained"] == "2"
+    assert by_exp["fresh"]["grpolab.start"] == "fresh"
+    import subprocess
+
+    refs = subprocess.run(["git", "show-ref"], cwd=ws, capture_output=True, text=True).stdout
+    ref = next(line.split()[1] for line in refs.splitlines() if line.endswith("/short"))
+    names = subprocess.run(["git", "ls-tree", "--name-only", f"{ref}", "reports/"], cwd=ws, capture_output=True,
+                           text=True).stdout.split()
+    report = next(n for n in names if n.endswith("-short.md"))
+    text = subprocess.run(["git", "show", f"{ref}:{report}"], cwd=ws, capture_output=True, text=True).stdout
+    row = md_row(text, "Training progress")
+    assert row[1].startswith("2/2 steps: reuses steps 1-2 of run") and "0 steps trained by this run" in row[1]
+    # the baseline's report, in every experiment's commit, is the baseline's own, byte for byte
+    for name in ("short", "longer", "fresh"):
+        ref = next(line.split()[1] for line in refs.splitlines() if line.endswith(f"/{name}"))
+        for f, data in campaign["reports"].items():
+            shown = subprocess.run(["git", "show", f"{ref}:reports/{f}"], cwd=ws, capture_output=True).stdout
+            assert shown == data, (name, f)
+
+
+def test_a_new_request_alone_gets_its_own_report_and_changes_no_other_record(campaign):
+    """Only `request` changed: DVC reruns the report stage alone, on the baseline's train results.
+    The experiment's report is its own and says so; the baseline's report and MLflow note stay."""
+    import subprocess
+
+    ws = campaign["ws"]
+    out = campaign["runs"]["reqonly"]["out"]
+    assert "Running stage 'train'" not in out and "Running stage 'report'" in out
+    refs = subprocess.run(["git", "show-ref"], cwd=ws, capture_output=True, text=True).stdout
+    ref = next(line.split()[1] for line in refs.splitlines() if line.endswith("/reqonly"))
+    names = subprocess.run(["git", "ls-tree", "--name-only", ref, "reports/"], cwd=ws, capture_output=True,
+                           text=True).stdout.split()
+    mine = [n for n in names if n.endswith("-reqonly.md")]
+    assert len(mine) == 1, names
+    text = subprocess.run(["git", "show", f"{ref}:{mine[0]}"], cwd=ws, capture_output=True, text=True).stdout
+    assert md_row(text, "Request")[1] == "Only a new request"
+    assert "DVC reused the train stage of run" in md_row(text, "Training progress")[1]
+    for f, data in campaign["reports"].items():  # the baseline's, byte for byte, in this experiment
+        assert subprocess.run(["git", "show", f"{ref}:reports/{f}"], cwd=ws, capture_output=True).stdout == data
+    notes = _notes(ws)
+    for run, note in campaign["notes"].items():  # no MLflow description rewritten
+        assert notes[run] == note and "Only a new request" not in note
+
+
+
+def test_an_experiments_own_commit_reaches_its_records(campaign):
+    """DVC writes an experiment's commit after its pipeline: a later report stage (a view over every
+    run) resolves it from the experiment's ref, shows it in progress.md and writes it to MLflow."""
+    import subprocess
+
+    ws = campaign["ws"]
+    refs = subprocess.run(["git", "show-ref"], cwd=ws, capture_output=True, text=True).stdout
+    short = next(line.split()[0] for line in refs.splitlines() if line.endswith("/short"))
+    con = sqlite3.connect(ws / "mlflow.db")
+    tagged = dict(con.execute("select t2.value, t.value from tags t join tags t2 using (run_uuid) join runs r "
+                              "using (run_uuid) where t.key='dvc.exp_commit' and t2.key='dvc.exp_name' "
+                              "and r.name like '%-train'"))
+    assert tagged["short"] == short
+    progress = (ws / "reports" / "progress.md").read_text()
+    assert f"`{short[:7]}`" in progress

@@ -1,0 +1,45 @@
+"""A user reward that fails on every call (issue 20): the smoke stage fails on it, the run shows the
+first error's text once, and health reports the failing share; a real tiny run with a real worker pool."""
+from __future__ import annotations
+
+import pytest
+
+from grpolab.data import rows as data
+from grpolab.metrics import health
+from grpolab.model import load as models
+from grpolab.params import schema as config
+from grpolab.train import stage
+from grpolab.util import StageFailed
+
+
+def test_health_reports_a_failing_reward_share():
+    p = {"train_prompt_bsz": 2, "n_resp_per_prompt": 4}
+    bad = [{"critic/score/mean": 0.0, "reward/error": 8.0} for _ in range(6)]
+    f = {x.rule: x for x in health.check(bad, p)}["reward function failing"]
+    assert "100% of the 8 responses per step" in f.evidence and "first failure at step 1" in f.evidence
+    fine = [{"critic/score/mean": 0.5, "reward/error": 0.0} for _ in range(6)]
+    assert "reward function failing" not in {x.rule for x in health.check(fine, p)}
+    assert "reward function failing" not in {x.rule for x in health.check(bad, {**p, "health": {"reward_error_share": 1.0}})}
+
+
+def test_smoke_fails_when_the_reward_function_fails_and_says_why(tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad_reward.py").write_text(
+        "def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n"
+        "    raise ValueError('the grader is down')\n")
+    mdir = models.build_tiny_model(tmp_path / "m", seed=0, warmup_steps=5)
+    data.write_toy(tmp_path / "d", 16, 4)
+    p = config.validate({
+        "n_gpus_per_node": 1, "max_prompt_length": 64, "max_response_length": 8,
+        "model": {"path": "builtin:tiny-qwen3", "local_dir": str(mdir), "gradient_checkpointing": False},
+        "data": {"train_files": [str(tmp_path / "d/train.json")], "val_files": [str(tmp_path / "d/val.json")]},
+        "rollout": {"engine": "hf"}, "reward": {"function": "bad_reward.py:compute_score", "timeout_s": 20},
+        "trainer": {"device": "cpu", "output_dir": str(tmp_path / "out")},
+        "smoke": {"train_prompt_bsz": 2, "train_prompt_mini_bsz": 2, "n_resp_per_prompt": 2,
+                  "max_prompt_length": 64, "max_response_length": 8, "output_dir": str(tmp_path / "smoke")},
+        "tracking": {"mlflow": False, "wandb": False},
+    })
+    with pytest.raises(StageFailed, match=r"reward_errors: 1 \(rule <= 0.5"):
+        stage.smoke(p)
+    err = capfd.readouterr().err
+    assert err.count("the grader is down") == 1 and "reward.function failed at step 1" in err
