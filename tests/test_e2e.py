@@ -186,6 +186,7 @@ def test_an_edit_reruns_only_the_stages_that_run_the_edited_code(demo_dir, tmp_p
     ws = tmp_path / "ws"
     shutil.copytree(demo_dir, ws, symlinks=True)
     subprocess.run(["git", "checkout", "-q", "--", "."], cwd=ws, check=True)  # the baseline's tree
+    subprocess.run(["git", "clean", "-fdq", "--", "reports"], cwd=ws, check=True)  # the experiment's report
     subprocess.run(["dvc", "checkout", "-q"], cwd=ws, env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
     assert _dvc_status(ws) == set()
     report = ws / "src" / "grpolab" / "reports" / "report.py"

@@ -86,7 +86,7 @@ def test_stage_script_imports_its_own_trees_src(tmp_path):
 @pytest.mark.e2e
 @pytest.mark.xdist_group("reportws")
 def test_dvc_status_sees_module_edits_and_model_data_params(shared):
-    """Real DVC on the shared workspace: an edit to a module the train stage runs (logprobs.py), or a
+    """Real DVC on the shared workspace: an edit to a module the train stage runs (train/logprobs.py), or a
     `model.*` / `data.*` param that leaves download/data outputs unchanged, marks train changed."""
     ws, env, logs = shared["ws"], shared["env"], {}
 
@@ -95,12 +95,12 @@ def test_dvc_status_sees_module_edits_and_model_data_params(shared):
         return yaml.safe_load(out) or {}
 
     assert "train" not in changed()
-    mod, params = ws / "src" / "grpolab" / "logprobs.py", ws / "params.yaml"
+    mod, params = ws / "src" / "grpolab" / "train" / "logprobs.py", ws / "params.yaml"
     saved = {f: f.read_bytes() for f in (mod, params)}
     try:
         mod.write_text(mod.read_text() + "\n# an edit\n")
         st = changed()
-        assert "'src/grpolab': 'modified'" in str(st.get("train")), st
+        assert "'src/grpolab/train': 'modified'" in str(st.get("train")), st
         mod.write_bytes(saved[mod])
         for key, value in (("model", ("gradient_checkpointing", True)), ("data", ("shuffle", False))):
             d = yaml.safe_load(saved[params])
