@@ -183,6 +183,7 @@ def test_every_rule_is_exercised_above(rule):
         with_series(healthy(60), "batch/solve_none", [0.8] * 60),
         with_series([{k: v for k, v in h.items() if not k.startswith("val-core/")} for h in healthy(120)],
                     "critic/score/mean", [0.1 + 0.5 * i / 60 for i in range(60)] + [0.6 - 0.25 * i / 60 for i in range(60)]),
+        with_series(healthy(20), "reward/error", [1024.0] * 20),  # a user reward failing on every call
     ]
     assert any(rule in rules(health.check(c, PARAMS)) for c in cases)
 
