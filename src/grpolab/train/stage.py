@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from grpolab.data import rows as data
 from grpolab.params.schema import Params
 from grpolab.params.stagedefs import params_fingerprint
-from grpolab.records import entries
+from grpolab.records import entries, gitmeta
 from grpolab.records.tracking import Tracker
 from grpolab.reward.functions import check_functions
 from grpolab.train import checkpoint, launch
@@ -68,8 +68,10 @@ class RunRecords:
             console.print(f"[bold]resuming[/] from step {s['step']} ({s['checkpoint']})", highlight=False)
         # the checkpoint's own MLflow/W&B runs are continued when they can go on (a kill), otherwise a
         # new run linked to them records this one (grpolab.records.mlflow_runs)
-        self.tracker = Tracker(self.p, stage=self.stage, dvclive=self.dvclive,
-                               resume=s["tracking"] if s["step"] else None)
+        resume = dict(s["tracking"]) if s["step"] else None
+        if resume and resume.get("dvc_exp_name", "") != gitmeta.dvc_info()["dvc_exp_name"]:
+            resume.pop("wandb_run_id", None)  # another experiment's steps: W&B would resume its run blindly
+        self.tracker = Tracker(self.p, stage=self.stage, dvclive=self.dvclive, resume=resume)
         if s["step"]:
             self.tracker.replay(trainer.history)  # steps 1..N, to the records that lack them
         self.entry("running", trainer.step, trainer.total_steps())
