@@ -3,7 +3,8 @@ exit cleanly.
 
     run_stage(train)            # python pipelines/train.py [params.yaml]
 
-A bad params file exits 1 naming every bad key (`key: value — rule`) before anything runs; a
+A params.yaml changed while the pipeline runs is put back first (`grpolab.params.guard`). A bad params
+file exits 1 naming every bad key (`key: value — rule`) before anything runs; a
 `grpolab.util.GrpolabError` (a failed check, missing data, no GPU, ...) exits 1 with its one-line
 message; Ctrl-C exits 130 with one line. Anything else is a bug and keeps its traceback.
 """
@@ -15,6 +16,7 @@ from typing import Callable
 
 from rich.markup import escape
 
+from grpolab.params.guard import guard
 from grpolab.params.schema import Params, ParamsError, load
 from grpolab.util import GrpolabError, console, quiet_logs
 
@@ -30,6 +32,10 @@ def run_stage(fn: Callable[[Params], object], argv: list[str] | None = None) -> 
     quiet_logs()
     argv = sys.argv[1:] if argv is None else argv
     path = Path(argv[0]) if argv else Path("params.yaml")
+    def warn(m: str) -> None:
+        console.print(f"[yellow]warning[/]: {escape(m)}", highlight=False)
+
+    guard(path, warn)
     try:
         p = load(path)
     except ParamsError as exc:
@@ -37,6 +43,7 @@ def run_stage(fn: Callable[[Params], object], argv: list[str] | None = None) -> 
         sys.exit(1)
     try:
         fn(p)
+        guard(path, warn)  # once more: a second `dvc exp run` started during this stage
     except GrpolabError as exc:
         console.print(f"[red]error[/]: {escape(str(exc))}", highlight=False)
         sys.exit(1)
