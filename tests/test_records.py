@@ -135,3 +135,30 @@ def test_dvclive_records_every_step_without_rereading_its_files_when_studio_is_o
     rows = (tmp_path / "live/plots/metrics/critic/score/mean.tsv").read_text().splitlines()
     assert [r.split("\t")[-1] for r in rows[1:]] == ["0.1", "0.2", "0.3", "0.4", "0.5"]
     assert json.loads((tmp_path / "live/metrics.json").read_text())["critic"]["score"]["mean"] == 0.5
+
+
+def test_a_copied_workspace_keeps_its_artifacts_to_itself(tmp_path):
+    """`cp -a` of a workspace: the copy's store named the original's `mlartifacts/` (absolute); its
+    next run writes into its own, the original is not touched, and the copy's old runs are readable."""
+    import shutil
+
+    orig, copy = tmp_path / "orig", tmp_path / "copy"
+    orig.mkdir()
+    (orig / "note.txt").write_text("hello")
+    tr = Tracker(_params(), stage="train", root=orig, dvclive=False)
+    tr.log_artifact(orig / "note.txt")
+    first = tr.ids()["mlflow_run_id"]
+    tr.close()
+    before = sorted(str(f.relative_to(orig)) for f in (orig / "mlartifacts").rglob("*"))
+    shutil.copytree(orig, copy, symlinks=True)
+    tr = Tracker(_params(), stage="train", root=copy, dvclive=False)
+    tr.log_artifact(copy / "note.txt")
+    second = tr.ids()["mlflow_run_id"]
+    tr.close()
+    assert sorted(str(f.relative_to(orig)) for f in (orig / "mlartifacts").rglob("*")) == before
+    assert (copy / "mlartifacts" / second / "artifacts" / "note.txt").exists()
+    con = sqlite3.connect(copy / "mlflow.db")
+    uris = dict(con.execute("select run_uuid, artifact_uri from runs"))
+    assert uris[first].startswith((copy / "mlartifacts").as_uri()) and str(orig) not in uris[second]
+    assert dict(sqlite3.connect(orig / "mlflow.db").execute("select run_uuid, artifact_uri from runs"))[first] \
+        .startswith((orig / "mlartifacts").as_uri())  # the original's store is its own still

@@ -12,11 +12,15 @@ becomes of runs whose process died.
   starts, linked to the old one by the tags `mlflow.parentRunId` (MLflow's UI nests it) and
   `grpolab.resumed_from_run`; a finished run is never reopened. The caller replays the checkpoint's
   history into the new run, so each run holds every step 1..N once.
+- A workspace is self-contained: its SQLite store names its artifact folder by absolute path, so a
+  copied (`cp -a`) or moved workspace would write into the original's `mlartifacts/`. The first run in
+  the copy points the store's `<old>/mlartifacts` locations at its own (`relocate_artifacts`).
 """
 from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 from pathlib import Path
 
 from grpolab.params.schema import Params
@@ -25,6 +29,34 @@ from grpolab.params.schema import Params
 def mlflow_uri(p: Params, root: Path) -> str:
     """The MLflow store: `tracking.mlflow_tracking_uri`, else `sqlite:///<repository root>/mlflow.db`."""
     return p.tracking.mlflow_tracking_uri or f"sqlite:///{root / 'mlflow.db'}"
+
+
+def relocate_artifacts(root: Path, warn) -> int:
+    """Point the default store's experiments and runs whose artifacts are in another folder's
+    `mlartifacts/` (the workspace was copied or moved) at `<root>/mlartifacts`; the number of runs moved.
+    MLflow has no call to change an experiment's artifact location, so this edits the two columns that
+    hold it, in one transaction."""
+    db, new = root / "mlflow.db", (root / "mlartifacts").as_uri()
+    if not db.exists():
+        return 0
+    con = sqlite3.connect(db, timeout=30)
+    try:
+        with con:
+            locs = [loc for (loc,) in con.execute("select distinct artifact_location from experiments")]
+            olds = [loc for loc in locs if loc and loc.startswith("file://") and loc.rstrip("/").endswith(
+                "/mlartifacts") and loc.rstrip("/") != new]
+            moved = 0
+            for old in olds:
+                old = old.rstrip("/")
+                con.execute("update experiments set artifact_location = ? || substr(artifact_location, ?) "
+                            "where artifact_location like ? || '%'", (new, len(old) + 1, old))
+                moved += con.execute("update runs set artifact_uri = ? || substr(artifact_uri, ?) "
+                                     "where artifact_uri like ? || '/%'", (new, len(old) + 1, old)).rowcount
+                warn(f"MLflow: this workspace's store named {old} (copied or moved from there); its artifacts "
+                     f"now go to {new}")
+    finally:
+        con.close()
+    return moved
 
 
 def mlflow_key(k: str) -> str:

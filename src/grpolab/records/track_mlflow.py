@@ -63,6 +63,8 @@ class MlflowBackend:
         """The project's MLflow experiment; one created here in a SQLite store keeps its artifacts in
         `<root>/mlartifacts` (git-ignored), not in a `mlruns/` beside wherever the stage runs."""
         name = self.run.p.project_name
+        if not self.run.p.tracking.mlflow_tracking_uri:  # the workspace's own store
+            mlflow_runs.relocate_artifacts(self.run.root, warn)
         if self.uri.startswith("sqlite:///") and self.client.get_experiment_by_name(name) is None:
             try:
                 self.client.create_experiment(name, artifact_location=(self.run.root / "mlartifacts").as_uri())
