@@ -2,6 +2,7 @@
 
     python benchmarks/seed_scale.py lengths                          # the length draw, printed (CPU)
     python benchmarks/seed_scale.py gen --util 0.5 --out gen.json    # bare vLLM generates that share
+    python benchmarks/seed_scale.py gen --util 0.7 --kv fp8 --out gen-fp8.json   # ... with an fp8 KV cache
     python benchmarks/seed_scale.py kv --util 0.85 --out kv.json     # vLLM's KV capacity at another util
     python benchmarks/seed_scale.py update --out update.json         # one trainer step on those lengths
     python benchmarks/seed_scale.py record --gen gen.json --update update.json [--kv kv.json ...] --out R.json
@@ -124,7 +125,7 @@ def device_used_gb() -> float:
     return (total - free) / 2**30
 
 
-def start_llm(model_dir: Path, util: float, eager: bool):
+def start_llm(model_dir: Path, util: float, eager: bool, kv: str = "auto"):
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
     from vllm import LLM
@@ -133,12 +134,12 @@ def start_llm(model_dir: Path, util: float, eager: bool):
     llm = LLM(model=str(model_dir), load_format="dummy", skip_tokenizer_init=True, dtype="bfloat16", seed=0,
               gpu_memory_utilization=util, max_model_len=PROMPT_CAP + CAP, enable_prefix_caching=True,
               enable_sleep_mode=True, enforce_eager=eager, logprobs_mode="processed_logprobs",
-              disable_log_stats=False)
+              disable_log_stats=False, kv_cache_dtype=kv)
     start_s = time.perf_counter() - t0
     cc = llm.llm_engine.vllm_config.cache_config
     sc = llm.llm_engine.vllm_config.scheduler_config
     kv_tokens = int(cc.num_gpu_blocks * cc.block_size)
-    info = {"util": util, "eager": eager, "start_s": start_s, "kv_cache_tokens": kv_tokens,
+    info = {"util": util, "eager": eager, "kv_cache_dtype": kv, "start_s": start_s, "kv_cache_tokens": kv_tokens,
             "kv_block_size": cc.block_size, "max_num_seqs": sc.max_num_seqs,
             "max_num_batched_tokens": sc.max_num_batched_tokens,
             "max_concurrency_full_length": kv_tokens / (PROMPT_CAP + CAP),
@@ -148,7 +149,7 @@ def start_llm(model_dir: Path, util: float, eager: bool):
 
 def cmd_kv(a) -> dict:
     model = model_config_dir(Path(a.model))
-    llm, info = start_llm(model, a.util, eager=True)
+    llm, info = start_llm(model, a.util, eager=True, kv=a.kv)
     m = mix()
     # the whole share's tokens against the capacity: > 1 means vLLM cannot hold every response at full length
     info["share_tokens_over_capacity"] = (m["response_tokens"] + m["prompt_tokens"]) / info["kv_cache_tokens"]
@@ -162,7 +163,7 @@ def cmd_gen(a) -> dict:
     from vllm.sampling_params import RequestOutputKind
 
     model = model_config_dir(Path(a.model))
-    llm, info = start_llm(model, a.util, eager=a.eager)
+    llm, info = start_llm(model, a.util, eager=a.eager, kv=a.kv)
     print(json.dumps(info), flush=True)
     m = mix()
     plens, rlens = m["prompt_lengths"], m["response_lengths"]
@@ -443,11 +444,13 @@ def main() -> None:
     g = sub.add_parser("gen")
     g.add_argument("--util", type=float, default=0.5)
     g.add_argument("--eager", action="store_true")
+    g.add_argument("--kv", default="auto", help="vLLM kv_cache_dtype (rollout.kv_cache_dtype): auto or fp8")
     g.add_argument("--max-s", type=float, default=0, help="stop generating after this many seconds (partial record)")
     g.add_argument("--model", default="/tmp/qwen3-0.6b-config")
     g.add_argument("--out", default="gen.json")
     k = sub.add_parser("kv")
     k.add_argument("--util", type=float, default=0.85)
+    k.add_argument("--kv", default="auto", help="vLLM kv_cache_dtype (rollout.kv_cache_dtype): auto or fp8")
     k.add_argument("--model", default="/tmp/qwen3-0.6b-config")
     k.add_argument("--out", default="kv.json")
     u = sub.add_parser("update")

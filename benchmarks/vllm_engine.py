@@ -11,6 +11,11 @@ Qwen3-0.6B shape (`builtin:qwen3-0.6b-random`), the recipe's loss settings (3 PP
 random weights, which earn no reward). Activation checkpointing is off (576-token sequences fit
 without it; BENCH_GC=1 turns it on); the rest are the trainer's defaults (packed token-budget
 micro-batches, compiled head and layers). Each script prints its numbers and writes them as JSON.
+
+Environment: BENCH_RESP (response tokens, 512), BENCH_KV (`rollout.kv_cache_dtype`, auto; also bare's),
+BENCH_GEN_REPS (timed generations after the steps, 3). After its steps `ours` also times vLLM's plain
+n=16 request per prompt (engine seed, no log-probs) on the same engine: `bare_n16_same_engine_tokens_per_s`,
+the bare rate without a second engine start.
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 PROMPTS, N, RESP, PROMPT_LEN = 8, 16, int(os.environ.get("BENCH_RESP", 512)), 64
+KV = os.environ.get("BENCH_KV", "auto")
+GEN_REPS = int(os.environ.get("BENCH_GEN_REPS", 3))
 
 
 def prompt_rows(tok) -> list[dict]:
@@ -55,7 +62,8 @@ def params(engine: str, world: int, ppo_epochs: int, work: Path, seeded: bool = 
         "entropy_coeff": 0.001, "model": {"path": "builtin:qwen3-0.6b-random", "dtype": "auto",
                                            "gradient_checkpointing": os.environ.get("BENCH_GC", "0") == "1"},
         "data": {"train_files": [str(work / "bench.json")], "val_files": [str(work / "bench.json")]},
-        "rollout": {"engine": engine, "hf_prompts_per_call": PROMPTS, "seed_responses": seeded},
+        "rollout": {"engine": engine, "hf_prompts_per_call": PROMPTS, "seed_responses": seeded,
+                    "kv_cache_dtype": KV},
         "trainer": {"device": os.environ.get("BENCH_DEVICE", "cuda"), "ppo_micro_batch_size_per_gpu": 4,
                     "use_torch_compile": os.environ.get("BENCH_COMPILE", "1") == "1", "save_freq": 0, "test_freq": 0,
                     "output_dir": str(work / f"out-{engine}")},
@@ -108,12 +116,29 @@ def ours(a) -> dict:
     gen = []
     t.engine.wake()
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    for _ in range(3):
+    for _ in range(GEN_REPS):
         sync()
         g0 = time.perf_counter()
         r = t.engine.generate(ids, Sampling(N, p.temperature, p.top_p, RESP), seeds=seeds)
         sync()
         gen.append((sum(len(x) for x in r.response_ids), time.perf_counter() - g0))
+    bare_same, kv_tokens = [], None
+    if a.engine == "vllm":  # vLLM's plain n=16 request per prompt on the same engine (no seeds, no log-probs)
+        from vllm import SamplingParams
+
+        plain = SamplingParams(n=N, temperature=p.temperature, top_p=p.top_p, top_k=0, max_tokens=RESP,
+                               detokenize=False, stop_token_ids=[t.engine.eos])
+        for _ in range(GEN_REPS):
+            sync()
+            g0 = time.perf_counter()
+            outs = t.engine.llm.generate([{"prompt_token_ids": x} for x in ids], plain, use_tqdm=False)
+            sync()
+            bare_same.append((sum(len(c.token_ids) for o in outs for c in o.outputs), time.perf_counter() - g0))
+        try:
+            cc = t.engine.llm.llm_engine.vllm_config.cache_config
+            kv_tokens = cc.num_gpu_blocks * cc.block_size
+        except AttributeError:
+            pass
     peak_used = max(used + [device_used_gb()])
     t.engine.sleep()
     t.engine.close()
@@ -129,6 +154,14 @@ def ours(a) -> dict:
                                     ("old_log_prob", "ref", "update_actor", "update_weights")) for m in later]),
         "step_s": [m["timing_s/step"] for m in steps],
         "gen_tokens_per_s": med([n / s for n, s in gen]), "gen_tokens": gen[0][0],
+        "gen_s": [s for _, s in gen], "kv_cache_dtype": p.rollout.kv_cache_dtype, "kv_cache_tokens": kv_tokens,
+        "response_tokens": RESP,
+        "bare_n16_same_engine_tokens_per_s": med([n / s for n, s in bare_same]),
+        "bare_n16_same_engine_s": [s for _, s in bare_same],
+        "gen_ratio_bare_same_engine": (med([n / s for n, s in gen]) / med([n / s for n, s in bare_same])
+                                       if bare_same else None),
+        "logprob_diff_mean_steps": [m.get("rollout/logprob_diff_mean") for m in steps],
+        "logprob_diff_max_steps": [m.get("rollout/logprob_diff_max") for m in steps],
         "prompt_tokens": len(ids[0]),
         "logprob_diff_mean": med([m["rollout/logprob_diff_mean"] for m in steps if "rollout/logprob_diff_mean" in m]),
         "logprob_diff_max": max((m["rollout/logprob_diff_max"] for m in steps if "rollout/logprob_diff_max" in m),
@@ -166,6 +199,7 @@ def bare(a) -> dict:
                add_special_tokens=False)["input_ids"] for r in rows]
     t0 = time.perf_counter()
     llm = LLM(model=a.model, skip_tokenizer_init=True, dtype="bfloat16", seed=0, gpu_memory_utilization=0.5,
+              kv_cache_dtype=KV,
               max_model_len=PROMPT_LEN + RESP, enable_prefix_caching=True, logprobs_mode="processed_logprobs")
     start_s = time.perf_counter() - t0
 
@@ -188,7 +222,8 @@ def bare(a) -> dict:
                      [SamplingParams(**sampling_kwargs(s, seed, tok.eos_token_id)) for _, seed in plan])[0]
     unseeded = [SamplingParams(**sampling_kwargs(s, None, tok.eos_token_id)) for _ in plan]
     tps_unseeded = timed([{"prompt_token_ids": ids[g]} for g, _ in plan], unseeded)[0]
-    out = {"bare_vllm_gen_tokens_per_s": tps_plain, "bare_tokens": toks, "start_s": start_s,
+    out = {"bare_vllm_gen_tokens_per_s": tps_plain, "bare_tokens": toks, "start_s": start_s, "kv_cache_dtype": KV,
+           "response_tokens": RESP,
            "bare_with_our_requests_tokens_per_s": tps_ours,
            "bare_with_our_requests_unseeded_tokens_per_s": tps_unseeded, "prompt_tokens": len(ids[0])}
     print(json.dumps(out, indent=1))

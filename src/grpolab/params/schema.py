@@ -139,6 +139,12 @@ class RolloutCfg(_Strict):
                             "FSDP2 model (CPU, tests, demo). grpolab.rollout.engine. verl: rollout.name")
     gpu_memory_utilization: float = D(0.5, "vLLM: share of GPU memory for weights + KV cache (fraction). "
                                            "verl: rollout.gpu_memory_utilization", gt=0.0, le=1.0)
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = D(
+        "auto", "vLLM KV cache dtype: auto = the served dtype (bf16, 2 bytes per element); fp8 (= fp8_e4m3 on "
+                "CUDA), fp8_e4m3, fp8_e5m2 store keys and values in 1 byte: twice the tokens in the same "
+                "gpu_memory_utilization and half the bytes read per decode step, at a larger log-prob gap to "
+                "the trainer (rollout/logprob_diff_*; measured in docs/gpu-runs.md). verl has no key of its own: "
+                "rollout.engine_kwargs.vllm.kv_cache_dtype")
     enable_sleep_mode: bool = D(True, "vLLM frees its memory during log-probs and updates. verl: "
                                       "rollout.free_cache_engine")
     sleep_level: Literal[1, 2] = D(2, "vLLM sleep level: 1 keeps weights in CPU memory, 2 drops them "

@@ -29,6 +29,11 @@ what the trainer recomputes. They are asked for the first response of each promp
 sample`; vLLM builds a Python object per returned token, which cost up to ~30% of its generation rate on
 H100 when asked for every response), or for every response (`all`, and always with tis_imp_ratio_cap). The checksum check covers tensor_parallel_size 1; with larger TP only
 the log-prob gap guards the push.
+
+`rollout.kv_cache_dtype` is handed to vLLM as is: `auto` keeps keys and values in the served dtype
+(bf16), `fp8` / `fp8_e4m3` / `fp8_e5m2` store them in one byte (scales 1.0: the checkpoint has none).
+Long responses decode at the rate the KV cache is read, so fp8 halves those bytes and doubles the
+tokens that fit; the preflight term (`memory`) counts `kv_bytes` per element accordingly.
 """
 from __future__ import annotations
 
@@ -45,6 +50,11 @@ from grpolab.util import GrpolabError
 
 INSTALL = "pip install -e '.[vllm]'"
 WEIGHT_BYTES = 2  # vLLM serves bf16 weights
+
+
+def kv_bytes(kv_cache_dtype: str) -> int:
+    """Bytes per stored key or value element: the served bf16 for `auto`, 1 for the fp8 formats."""
+    return 1 if kv_cache_dtype.startswith("fp8") else WEIGHT_BYTES
 
 
 class WeightSyncError(GrpolabError):
@@ -187,11 +197,13 @@ class VLLMEngine:
 
     @staticmethod
     def memory(p, shape: dict, device_bytes: float, param_bytes: int) -> EngineMemory:
-        """gpu_memory_utilization x device memory (its bf16 weights, over TP, and the KV cache)."""
+        """gpu_memory_utilization x device memory (its bf16 weights, over TP, and the KV cache: keys and
+        values of every layer, `kv_bytes(rollout.kv_cache_dtype)` each, so fp8 holds twice the tokens)."""
         budget = p.rollout.gpu_memory_utilization * device_bytes
         tp = p.rollout.tensor_parallel_size
         kv_budget = budget - shape["params"] * WEIGHT_BYTES / tp
-        kv_tokens = max(0, int(kv_budget // (2 * shape["L"] * shape["kv"] * WEIGHT_BYTES / tp)))
+        per_token = 2 * shape["L"] * shape["kv"] * kv_bytes(p.rollout.kv_cache_dtype) / tp
+        kv_tokens = max(0, int(kv_budget // per_token))
         seq = p.max_prompt_length + p.max_response_length
         problems = []
         if kv_budget <= 0:
@@ -226,7 +238,7 @@ class VLLMEngine:
         self.llm = LLM(
             model=str(model_dir), skip_tokenizer_init=True, dtype="bfloat16", seed=p.seed,
             tensor_parallel_size=r.tensor_parallel_size, distributed_executor_backend="external_launcher",
-            gpu_memory_utilization=r.gpu_memory_utilization,
+            gpu_memory_utilization=r.gpu_memory_utilization, kv_cache_dtype=r.kv_cache_dtype,
             max_model_len=p.max_prompt_length + p.max_response_length,
             enable_prefix_caching=True, enable_sleep_mode=r.enable_sleep_mode, enforce_eager=r.enforce_eager,
             logprobs_mode="processed_logprobs",

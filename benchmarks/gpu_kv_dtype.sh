@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Issue 23 on one GPU machine: bf16 against fp8 KV cache (rollout.kv_cache_dtype) in our engine, and the
+# full step against TRL 1.16 + vLLM at 512 and 2048 response tokens (benchmarks/vllm_engine.py ours,
+# benchmarks/vs_trl.py trl). Wheels as in ../shared/device-vllm.md: `../shared/tools/prep-vllm-wheels.sh`
+# fills .c1-.c7; .whl holds math-verify, pebble, gitpython and their needs; .trlwhl trl 1.16.0,
+# datasets 5.2.0, dill 0.4.1, multiprocess 0.70.19. One call per carried folder, back to back:
+#   benchmarks/gpu_kv_dtype.sh stage 1 [2 ...]            copy carried .cK folders to /tmp/parts
+#   benchmarks/gpu_kv_dtype.sh install OUT                vLLM + .whl + .trlwhl into /tmp/site, the random model
+#   benchmarks/gpu_kv_dtype.sh ours OUT RESP KV STEPS [LIMIT_S]   our step (vllm engine), KV = auto | fp8
+#   benchmarks/gpu_kv_dtype.sh trl OUT RESP STEPS [LIMIT_S]       TRL 1.16 GRPOTrainer + vLLM colocated
+#   benchmarks/gpu_kv_dtype.sh phase OUT                  train-phase MFU, the defaults at 64 + 512
+#   benchmarks/gpu_kv_dtype.sh seedgen OUT KV UTIL MAX_S  seed_scale.py gen (one GPU's share of the seed's step)
+# Each writes OUT/<what>.json and OUT/<what>.log; several can be chained in one call (`a && b; c`).
+set -uo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONPATH=/tmp/site:$repo/src VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+model=/tmp/qwen3-0.6b-random
+t0=$(date +%s)
+cmd=$1; shift
+case "$cmd" in
+stage)
+  mkdir -p /tmp/parts
+  for k in "$@"; do cp -r "$repo/.c$k" /tmp/parts/; done
+  du -sh /tmp/parts/.c* ;;
+install)
+  out=$1; mkdir -p "$out"
+  { cd /tmp/parts && cat .c1/part.* .c2/part.* .c3/part.* .c4/part.* .c5/part.* > /tmp/vllm-0.22.1-cp38-abi3-manylinux_2_28_x86_64.whl
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/vllm-0.22.1-*.whl \
+      .c5/*.whl .c6/*.whl .c7/*.whl "$repo"/.whl/*.whl "$repo"/.trlwhl/*.whl 2>&1 | grep -v -i warning | tail -5
+    python3 -c "import vllm, trl, datasets, math_verify, pebble; print('vllm', vllm.__version__, 'trl', trl.__version__)"
+    python3 -c "from pathlib import Path; from grpolab.model import load as models; models.fetch('builtin:qwen3-0.6b-random', 'main', Path('$model'))"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+  } > "$out/install.log" 2>&1
+  echo "install rc=$?"; tail -n 5 "$out/install.log" ;;
+ours)
+  out=$1 resp=$2 kv=$3 steps=$4 limit=${5:-400}; mkdir -p "$out"; cd "$repo"
+  name=ours-$resp-$kv
+  BENCH_RESP=$resp BENCH_KV=$kv BENCH_GEN_REPS=${BENCH_GEN_REPS:-2} timeout "$limit" python3 benchmarks/vllm_engine.py ours \
+    --engine vllm --model $model --steps "$steps" --ppo-epochs 3 --work /tmp/w-$name --out "$out/$name.json" \
+    > "$out/$name.log" 2>&1
+  echo "$name rc=$?"; grep -E "^step|Error|error:" "$out/$name.log" | grep -v "^$" | tail -n 8
+  python3 - "$out/$name.json" <<'PY'
+import json, sys
+try:
+    d = json.load(open(sys.argv[1]))
+except OSError:
+    sys.exit(0)
+print({k: d.get(k) for k in ("step_s_median", "gen_s_median", "update_s_median", "gen_tokens_per_s",
+       "bare_n16_same_engine_tokens_per_s", "gen_ratio_bare_same_engine", "logprob_diff_mean_steps",
+       "kv_cache_tokens", "peak_gb")})
+PY
+  ;;
+trl)
+  out=$1 resp=$2 steps=$3 limit=${4:-400}; mkdir -p "$out"; cd "$repo"
+  name=trl-$resp
+  timeout "$limit" python3 benchmarks/vs_trl.py trl --engine vllm --model $model --steps "$steps" --ppo-epochs 3 \
+    --micro 16 --resp "$resp" --work /tmp/w-$name --out "$out/$name.json" > "$out/$name.log" 2>&1
+  echo "$name rc=$?"; grep -h "step_s_median\|gen_s_median" "$out/$name.json" 2>/dev/null || tail -n 15 "$out/$name.log" ;;
+phase)
+  out=$1; mkdir -p "$out"; cd "$repo"
+  timeout 240 python3 benchmarks/train_phase.py one --variant defaults --shape 64x512 --steps 4 \
+    --model $model --out "$out/phase.json" > "$out/phase.log" 2>&1
+  echo "phase rc=$?"; grep -h "mfu" "$out/phase.json" 2>/dev/null | head -n 4 || tail -n 15 "$out/phase.log" ;;
+seedgen)
+  out=$1 kv=$2 util=$3 maxs=$4; mkdir -p "$out"; cd "$repo"
+  timeout $((maxs + 120)) python3 benchmarks/seed_scale.py gen --util "$util" --kv "$kv" --max-s "$maxs" \
+    --out "$out/seedgen-$kv.json" > "$out/seedgen-$kv.log" 2>&1
+  echo "seedgen rc=$?"; grep -E "KV cache|concurrency|preempt" "$out/seedgen-$kv.log" | head -n 4
+  grep -E "s: finished" "$out/seedgen-$kv.log" | tail -n 3 ;;
+esac
+echo "[$cmd] $(( $(date +%s) - t0 )) s"
