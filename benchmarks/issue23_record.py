@@ -1,0 +1,90 @@
+"""Issue 23's record from the raw JSONs of `benchmarks/gpu_kv_dtype.sh` (ours, trl, phase):
+
+    python benchmarks/issue23_record.py --ours-512 ours-512-auto.json --trl-512 trl-512.json \
+        --ours-2048 ours-2048-auto.json --ours-2048-fp8 ours-2048-fp8.json --trl-2048 trl-2048.json \
+        --phase phase.json --gpu h200 --out benchmarks/results/DATE-h200-vs-trl.json
+
+Ratios are of median steps (first step, with compilation and CUDA-graph capture, left out on both sides);
+`gen_ratio_bare` is our engine's generation rate (one seeded request per response, log-probs for the first of
+each prompt) over vLLM's plain n=16 request per prompt on the same engine, at 512 tokens, bf16 KV.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+from pathlib import Path
+
+STEP_GOAL, GEN_GOAL = 0.40, 0.95
+KEEP_OURS = ("kv_cache_dtype", "response_tokens", "steps", "ppo_epochs", "step_s", "step_s_median", "gen_s_median",
+             "update_s_median", "gen_tokens", "gen_s", "gen_tokens_per_s", "bare_n16_same_engine_tokens_per_s",
+             "bare_n16_same_engine_s", "gen_ratio_bare_same_engine", "kv_cache_tokens", "logprob_diff_mean_steps",
+             "logprob_diff_max_steps", "logprob_diff_mean", "logprob_diff_max", "push_s", "checksum_s", "sleep_s",
+             "wake_s", "engine_start_s", "start_s", "peak_gb", "peak_torch_allocated_gb", "response_length_mean")
+KEEP_TRL = ("steps", "step_s", "step_s_median", "gen_s", "gen_s_median", "gen_tokens", "gen_tokens_per_s",
+            "completion_length_mean", "peak_gb", "peak_torch_allocated_gb", "start_s", "trl_version", "vllm_version",
+            "torch_version", "dtype", "reward", "gpu", "config")
+
+
+def load(path: str) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def pick(d: dict, keys) -> dict:
+    return {k: d[k] for k in keys if k in d}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    for k in ("ours-512", "trl-512", "ours-2048", "ours-2048-fp8", "trl-2048", "phase"):
+        ap.add_argument(f"--{k}", required=True)
+    ap.add_argument("--gpu", required=True)
+    ap.add_argument("--note", action="append", default=[])
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    o512, t512, o2k, f2k, t2k, ph = (load(x) for x in (a.ours_512, a.trl_512, a.ours_2048, a.ours_2048_fp8,
+                                                        a.trl_2048, a.phase))
+    r512 = o512["step_s_median"] / t512["step_s_median"]
+    r2k = o2k["step_s_median"] / t2k["step_s_median"]
+    r2k_fp8 = f2k["step_s_median"] / t2k["step_s_median"]
+    out = {
+        "date": datetime.date.today().isoformat(), "gpu": a.gpu, "gpu_name": t512.get("gpu"),
+        "trl_step_ratio_vllm_512": r512,
+        "trl_step_ratio_vllm_2048": r2k,
+        "trl_step_ratio_vllm_2048_fp8_kv": r2k_fp8,
+        "gen_ratio_bare": o512["gen_ratio_bare_same_engine"],
+        "gen_ratio_bare_2048": o2k["gen_ratio_bare_same_engine"],
+        "gen_ratio_bare_2048_fp8_kv": f2k["gen_ratio_bare_same_engine"],
+        "train_mfu": ph["train_mfu"],
+        "train_mfu_setting": f"benchmarks/train_phase.py one --variant {ph['variant']} --shape {ph['shape']} "
+                             f"(matmul rate {ph['matmul_tflops']:.0f} TFLOP/s measured in the same process)",
+        "goals": {
+            "step_ratio_le": STEP_GOAL,
+            "step_512": {"met": r512 <= STEP_GOAL, "gap_s": o512["step_s_median"] - STEP_GOAL * t512["step_s_median"]},
+            "step_2048": {"met": r2k <= STEP_GOAL, "gap_s": o2k["step_s_median"] - STEP_GOAL * t2k["step_s_median"]},
+            "gen_ratio_ge": GEN_GOAL, "gen_512": {"met": o512["gen_ratio_bare_same_engine"] >= GEN_GOAL},
+        },
+        "kv_cache_dtype_2048": {
+            "bf16_gen_tokens_per_s": o2k["gen_tokens_per_s"], "fp8_gen_tokens_per_s": f2k["gen_tokens_per_s"],
+            "bf16_bare_n16_tokens_per_s": o2k["bare_n16_same_engine_tokens_per_s"],
+            "fp8_bare_n16_tokens_per_s": f2k["bare_n16_same_engine_tokens_per_s"],
+            "bf16_step_s_median": o2k["step_s_median"], "fp8_step_s_median": f2k["step_s_median"],
+            "bf16_kv_cache_tokens": o2k["kv_cache_tokens"], "fp8_kv_cache_tokens": f2k["kv_cache_tokens"],
+            "bf16_logprob_diff_mean_steps": o2k["logprob_diff_mean_steps"],
+            "fp8_logprob_diff_mean_steps": f2k["logprob_diff_mean_steps"],
+            "bf16_logprob_diff_max_steps": o2k["logprob_diff_max_steps"],
+            "fp8_logprob_diff_max_steps": f2k["logprob_diff_max_steps"],
+        },
+        "ours_512": pick(o512, KEEP_OURS), "trl_512": pick(t512, KEEP_TRL),
+        "ours_2048": pick(o2k, KEEP_OURS), "ours_2048_fp8_kv": pick(f2k, KEEP_OURS), "trl_2048": pick(t2k, KEEP_TRL),
+        "train_phase": {k: v for k, v in ph.items() if k not in ("steps",)},
+        "notes": a.note,
+    }
+    Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps({k: out[k] for k in ("trl_step_ratio_vllm_512", "trl_step_ratio_vllm_2048",
+                                          "trl_step_ratio_vllm_2048_fp8_kv", "gen_ratio_bare", "gen_ratio_bare_2048",
+                                          "gen_ratio_bare_2048_fp8_kv", "train_mfu", "goals")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
