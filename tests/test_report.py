@@ -104,7 +104,15 @@ def test_experiment_report_shows_only_the_real_change(shared):
     baseline = sh(["git", "rev-parse", "HEAD"], ws, shared["env"], {}, "head").stdout.strip()
     assert f"refs/exps/{baseline[:2]}/{baseline[2:]}/lr4" in md_row(text, "Commit")[1]
     assert md_row(text, "Branch")[1] == "`main`"  # not the experiment's name
-    assert md_row(text, "Uncommitted changes")[1].startswith("No")  # outputs and -S are not "dirty"
+    assert md_row(text, "Uncommitted changes")[1] == \
+        "No (the experiment's commit holds its changes: params.yaml (Modified))"  # outputs are not "dirty"
+    # one judgement everywhere: MLflow's tag on the experiment's runs says the same
+    import sqlite3
+
+    con = sqlite3.connect(ws / "mlflow.db")
+    dirty = {v for (v,) in con.execute("select t.value from tags t join tags e using (run_uuid) where "
+                                       "t.key='git.dirty' and e.key='dvc.exp_name' and e.value='lr4'")}
+    assert dirty == {"false"}
     # no request given: not the baseline's reason, and how to state one
     req = md_row(text, "Request")[1]
     assert req.startswith("(not stated") and "-S 'request=...'" in req

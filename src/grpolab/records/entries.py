@@ -1,6 +1,8 @@
 """The reports folder's files, as every run sees them: which file is whose, the entry of a run still
 going (or failed), and `index.md` (newest first).
 
+- A run resumed under another name (another `dvc exp run -n`) writes its new entry and removes its own
+  status stub of the old name, so no "running, step 17/20" stays behind once it is resumed.
 - A report is named from its run's own record (`grpolab.records.tracking.Tracker.ids()`, kept in the
   train summary): `<start date>-<exp_name>[-<dvc exp>].md`, and ends with a marker naming the run
   (`<!-- grpolab-run: <MLflow run id> -->`). A file is only ever rewritten for the run it names:
@@ -20,6 +22,7 @@ from grpolab.util import md_table
 
 SKIP_INDEX = ("index.md", "progress.md", "compare.md")  # reports/ files that are not experiment entries
 MARK = "<!-- grpolab-run: {} -->"
+STUB = "The full report is written by the report stage when the run completes."
 MARK_RE = re.compile(r"<!-- grpolab-run: (\S+) -->")
 
 
@@ -66,13 +69,16 @@ def claim(reports_dir: Path, name: str, record: dict, warn=print) -> Path:
     path = reports_dir / name
     owner = marker_of(path)
     if not path.exists() or owner == key:
-        return path
-    for f in reports_dir.glob(f"{path.stem}-*.md"):  # written before under its own id
-        if marker_of(f) == key:
-            return f
-    alt = reports_dir / f"{path.stem}-{short_id(key)}.md"
-    warn(f"{path} belongs to another run ({owner or 'no run marker'}); writing {alt.name} instead")
-    return alt
+        target = path
+    else:
+        target = next((f for f in reports_dir.glob(f"{path.stem}-*.md") if marker_of(f) == key), None)  # its own id
+        if target is None:
+            target = reports_dir / f"{path.stem}-{short_id(key)}.md"
+            warn(f"{path} belongs to another run ({owner or 'no run marker'}); writing {target.name} instead")
+    for f in reports_dir.glob("*.md"):  # this run's status stub under an earlier name
+        if f != target and f.name not in SKIP_INDEX and marker_of(f) == key and STUB in f.read_text():
+            f.unlink()
+    return target
 
 
 def write_status(p: Params, record: dict, status: str, step: int, total: int, error: str = "") -> Path:
@@ -91,7 +97,7 @@ def write_status(p: Params, record: dict, status: str, step: int, total: int, er
         rows.append(["MLflow run", f"`{short_id(record['mlflow_run_id'])}` in `{record.get('mlflow_uri', '')}`"])
     text = "\n".join([f"## {record.get('started', '')} - {p.exp_name}" + (f" (`{exp}`)" if exp else "")
                       + f" — {state}", "", md_table(["Item", "Details"], rows), "",
-                      "The full report is written by the report stage when the run completes.", "",
+                      STUB, "",
                       MARK.format(run_key(record))])
     path.write_text(text + "\n")
     write_index(reports_dir)

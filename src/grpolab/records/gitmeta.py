@@ -5,7 +5,10 @@ DVC sets `DVC_EXP_NAME`, `DVC_EXP_BASELINE_REV` and `DVC_ROOT` for stages run by
 
 `dirty` means the user changed something the commit does not hold: the pipeline's own outputs
 (`ignore`: dvc.lock, results, dvclive, reports, DVC's entries in .gitignore) do not count. In a DVC
-experiment the branch is the baseline's (HEAD is detached there), never the experiment's name.
+experiment the branch is the baseline's (HEAD is detached there), never the experiment's name, and
+the experiment's commit holds every tracked change (DVC commits them), so only untracked files count
+as dirty there: `held` lists the changes its commit holds. This is the one judgement; MLflow/W&B tags,
+the run record and the report all show it.
 """
 from __future__ import annotations
 
@@ -111,7 +114,7 @@ def git_info(path: str | Path = ".", ignore: tuple[str, ...] = ()) -> dict:
     """commit, short commit, branch, remote name + url, dirty + changes (user changes only), pushed,
     ahead count."""
     info = {"commit": "", "commit_short": "", "branch": "", "remote": "", "remote_url": "",
-            "dirty": "", "changes": [], "pushed": "no", "ahead": ""}
+            "dirty": "", "changes": [], "held": [], "pushed": "no", "ahead": ""}
     repo = open_repo(path)
     if repo is None:
         return info
@@ -120,7 +123,10 @@ def git_info(path: str | Path = ".", ignore: tuple[str, ...] = ()) -> dict:
         info["commit"], info["commit_short"] = head.hexsha, head.hexsha[:7]
     except ValueError:  # no commits yet
         return info
-    info["changes"] = [f"{p} ({c})" for p, c in user_changes(repo, "HEAD", ignore=ignore)]
+    changes = user_changes(repo, "HEAD", ignore=ignore)
+    in_exp = bool(os.environ.get("DVC_EXP_NAME"))  # DVC commits the tracked changes as the experiment
+    info["changes"] = [f"{p} ({c})" for p, c in changes if not (in_exp and c != "Untracked")]
+    info["held"] = [f"{p} ({c})" for p, c in changes if in_exp and c != "Untracked"]
     info["dirty"] = str(bool(info["changes"])).lower()
     tracking = None
     try:

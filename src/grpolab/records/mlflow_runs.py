@@ -12,6 +12,13 @@ becomes of runs whose process died.
   starts, linked to the old one by the tags `mlflow.parentRunId` (MLflow's UI nests it) and
   `grpolab.resumed_from_run`; a finished run is never reopened. The caller replays the checkpoint's
   history into the new run, so each run holds every step 1..N once.
+- One parent run per pipeline run (`dvc repro`, `dvc exp run`, a queued experiment): named as DVC names
+  the experiment (`dvc.exp_name`, else `exp_name` for a workspace `dvc repro`), tagged
+  `grpolab.pipeline` with the `dvc` process that runs the stages (`grpolab.params.guard.dvc_process`)
+  and `grpolab.stage=pipeline`; each stage's run is its child (`mlflow.parentRunId`). The parent is
+  RUNNING while a stage runs and takes each stage's outcome when it ends; its `grpolab.pid` is the dvc
+  process, so a pipeline that died leaves it to be marked KILLED like any run. A stage run by hand has
+  no parent.
 - A workspace is self-contained: its SQLite store names its artifact folder by absolute path, so a
   copied (`cp -a`) or moved workspace would write into the original's `mlartifacts/`. The first run in
   the copy points the store's `<old>/mlartifacts` locations at its own (`relocate_artifacts`).
@@ -57,6 +64,23 @@ def relocate_artifacts(root: Path, warn) -> int:
     finally:
         con.close()
     return moved
+
+
+def pipeline_parent(client, experiment_id: str, owner: str, name: str, tags: dict[str, str]) -> str:
+    """The id of this pipeline run's parent run (`owner`: `<dvc pid>:<start>`), created by its first
+    stage; set RUNNING for the stage starting now."""
+    found = client.search_runs([experiment_id], filter_string=f"tags.`grpolab.pipeline` = '{owner}'",
+                               max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    pid, start = owner.split(":", 1)
+    keep = {k: v for k, v in tags.items() if k.startswith(("git.", "dvc.")) or k == "grpolab.exp_name"}
+    run = client.create_run(experiment_id, run_name=name, tags={
+        **keep, "grpolab.pipeline": owner, "grpolab.stage": "pipeline", "grpolab.host": socket.gethostname(),
+        "grpolab.pid": pid, "grpolab.pid_start": start})
+    return run.info.run_id
 
 
 def mlflow_key(k: str) -> str:

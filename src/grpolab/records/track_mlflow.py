@@ -14,6 +14,7 @@ import os
 import time
 from pathlib import Path
 
+from grpolab.params.guard import dvc_process
 from grpolab.records import mlflow_runs
 from grpolab.records.entries import short_id
 from grpolab.records.mlflow_runs import mlflow_key, mlflow_uri
@@ -37,20 +38,26 @@ class MlflowBackend:
         self.client = client = mlflow.tracking.MlflowClient()  # one for the run's lifetime
         exp = self._experiment(mlflow)
         mlflow_runs.mark_dead_runs(client, exp.experiment_id, warn)
+        owner, self.parent = dvc_process(), ""
+        if owner:  # a stage of a DVC pipeline run: a child of that run's parent
+            self.parent = mlflow_runs.pipeline_parent(client, exp.experiment_id, owner,
+                                                      run.tags.get("dvc.exp_name") or run.p.exp_name, run.tags)
         params = {k: str(v)[:6000] for k, v in run.params.items()}
         run_id = run.resume.get("mlflow_run_id")
         why = mlflow_runs.why_not_continue(client, run_id, params) if run_id else "fresh"
         if why is None:  # continue it: only the steps it lacks are logged
             self.mlflow_run = mlflow.start_run(run_id=run_id)
-            mlflow.set_tags(mlflow_runs.process_tags())
+            mlflow.set_tags({**mlflow_runs.process_tags(), **({"mlflow.parentRunId": self.parent} if self.parent else {})})
             self.done = mlflow_runs.last_step(client, run_id)
             have = client.get_run(run_id).data.params
             params = {k: v for k, v in params.items() if k not in have}
         else:
             tags = {**run.tags, **mlflow_runs.process_tags()}
             if run_id:  # never reopen it: a new run, linked, gets the whole history replayed
-                warn(f"MLflow: {why}; recording in a new run linked to it (tag mlflow.parentRunId)")
+                warn(f"MLflow: {why}; recording in a new run linked to it (tag grpolab.resumed_from_run)")
                 tags.update({"mlflow.parentRunId": run_id, "grpolab.resumed_from_run": run_id})
+            if self.parent:
+                tags["mlflow.parentRunId"] = self.parent
             self.mlflow_run = mlflow.start_run(run_name=run.run_name, tags=tags)
         mlflow.log_params(params)  # MLflow batches (100 a call) itself
         self.where = f"{uri} run {self.mlflow_run.info.run_id}"
@@ -141,6 +148,8 @@ class MlflowBackend:
             warn(f"MLflow still unreachable: {len(self.pending)} step(s) saved to {path}")
         try:
             mlflow.end_run(status="FINISHED" if ok else "FAILED")
+            if self.parent:  # the pipeline run takes its latest stage's outcome
+                self.client.set_terminated(self.parent, status="FINISHED" if ok else "FAILED")
         except Exception as exc:
             warn(f"MLflow run not closed ({type(exc).__name__}); it stays RUNNING in the store")
         return not self.pending

@@ -102,7 +102,8 @@ class Tracker:
         out = {"run_name": self.run_name, "started": self.started, "exp_name": self.p.exp_name,
                "dvc_exp_name": t.get("dvc.exp_name", ""), "baseline_rev": t.get("dvc.exp_baseline_rev", ""),
                "commit": t.get("git.commit", ""), "branch": t.get("git.branch", ""),
-               "dirty": t.get("git.dirty", ""), "changes": t.get("git.changes", ""), "code": self.code}
+               "dirty": t.get("git.dirty", ""), "changes": t.get("git.changes", ""), "held": t.get("git.held", ""),
+               "code": self.code}
         for b in self.backends:
             out.update(b.ids())
         return out

@@ -1,6 +1,12 @@
-"""The experiments' diary beyond one run's entry (`grpolab.records.entries`): `progress.md`, every
-MLflow train run's best result.
+"""The experiments' diary beyond one run's entry (`grpolab.records.entries`), built from the shared
+MLflow store, so it covers every experiment of the repository, whichever branch, experiment ref or
+temporary workspace ran it and holds its report:
 
+- `index.md`: every train run, newest first: its status as MLflow has it now (a run killed and resumed
+  says which run continued it; no stale "running"), its best held-out score, and where its report is
+  (a link when this tree holds it, else the `git show` of the experiment commit that does: the run's
+  tag `grpolab.report` names the file). Reports of runs the store does not know follow.
+- `progress.md`: the same runs' numbers, and "Best so far" by held-out `val.select_metric`.
 """
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from pathlib import Path
 
 from grpolab.metrics import health
 from grpolab.params.schema import Params
+from grpolab.records import entries
 from grpolab.records.entries import SKIP_INDEX, marker_of, num, short_id
 from grpolab.util import md_table
 from grpolab.records import gitmeta
@@ -58,7 +65,9 @@ def progress_rows(p: Params, reports_dir: Path) -> list[dict]:
         tags = r.data.tags
         hist = sorted({m.step: m.value for m in client.get_metric_history(r.info.run_id, health.SCORE)}.items())
         rows.append({
-            "run": r.info.run_id, "status": r.info.status,
+            "run": r.info.run_id, "status": r.info.status, "report_path": tags.get("grpolab.report", ""),
+            "total": r.data.params.get("trainer.total_training_steps", ""),
+            "continued_by": [c.info.run_id for c in runs if c.data.tags.get("grpolab.resumed_from_run") == r.info.run_id],
             "started": dt.datetime.fromtimestamp(r.info.start_time / 1000).isoformat(timespec="minutes"),
             "exp": tags.get("dvc.exp_name") or "(workspace)", "exp_name": tags.get("grpolab.exp_name", ""),
             "commit": run_commit(client, r, root)[:7], "steps": hist[-1][0] if hist else 0,
@@ -70,20 +79,68 @@ def progress_rows(p: Params, reports_dir: Path) -> list[dict]:
     return rows
 
 
-def write_progress(p: Params, reports_dir: Path) -> Path | None:
-    """`reports/progress.md`: every train run's best result, newest first (from MLflow)."""
+def status_of(r: dict) -> str:
+    """A run's state as the store has it now."""
+    steps = f"{r['steps']}/{r['total']}" if r["total"] else str(r["steps"])
+    cont = f"; continued by run `{short_id(r['continued_by'][0])}`" if r["continued_by"] else ""
+    return {"FINISHED": f"done, {steps} steps", "RUNNING": f"running, step {steps}",
+            "KILLED": f"killed at step {steps}{cont}", "FAILED": f"failed at step {steps}{cont}"}.get(
+        r["status"], f"{r['status'].lower()}, step {steps}{cont}")
+
+
+def write_diary(p: Params, reports_dir: Path) -> None:
+    """`progress.md` and `index.md` from the MLflow store (the index from this tree's files alone
+    when the store cannot be read)."""
     try:
         rows = progress_rows(p, reports_dir)
-    except Exception as exc:  # the report itself is written; progress is best effort
-        print(f"[grpolab] warning: progress.md not updated: {type(exc).__name__}: {exc}")
-        return None
+    except Exception as exc:  # the report itself is written; the diary is best effort
+        print(f"[grpolab] warning: progress.md and index.md not built from MLflow: {type(exc).__name__}: {exc}")
+        entries.write_index(reports_dir)
+        return
+    write_progress(p, reports_dir, rows)
+    write_index(p, reports_dir, rows)
+
+
+def write_index(p: Params, reports_dir: Path, rows: list[dict]) -> Path:
+    here = {marker_of(f): f for f in reports_dir.glob("*.md") if f.name not in SKIP_INDEX}
+    metric = select_metric(p)
+    lines = ["# Experiment reports (newest first)", "",
+             "Every training run of the MLflow store (all experiments, whichever branch or experiment commit "
+             "holds the report), then reports of runs the store does not hold.", ""]
+    for r in rows:
+        best = f"best held-out `{metric}` {num(r['eval_best'][1])} (step {r['eval_best'][0]})" if r["eval_best"] else \
+            "not evaluated"
+        what = f"{r['started']} {r['exp_name']}" + (f" `{r['exp']}`" if r["exp"] != "(workspace)" else "")
+        f = here.get(r["run"])
+        if f:
+            where = f"[{f.name}]({f.name})"
+        elif r["report_path"] and r["commit"]:
+            where = f"in commit `{r['commit']}`: `git show {r['commit']}:{r['report_path']}`"
+        else:
+            where = "no report yet"
+        lines.append(f"- {what} — {status_of(r)}, {best} — {where} (MLflow run `{short_id(r['run'])}`)")
+    known = {r["run"] for r in rows}
+    rest = sorted(((f.stat().st_mtime, f) for k, f in here.items() if k not in known), reverse=True)
+    for _, f in rest:
+        title = next((ln for ln in f.read_text().splitlines() if ln.startswith("## ")), f"## {f.name}")
+        lines.append(f"- [{title[3:]}]({f.name})")
+    if (reports_dir / "progress.md").exists():
+        lines += ["", "Best result of every run: [progress.md](progress.md)"]
+    idx = reports_dir / "index.md"
+    idx.write_text("\n".join(lines) + "\n")
+    return idx
+
+
+def write_progress(p: Params, reports_dir: Path, rows: list[dict]) -> Path:
+    """`reports/progress.md`: every train run's best result, newest first (from MLflow)."""
     lines = ["# Progress: best result of every training run (newest first)", "",
-             "From the MLflow store's train runs; best = highest `critic/score/mean` over steps. "
+             "From the MLflow store's train runs. Best so far is by held-out `val.select_metric` over "
+             "evaluated steps; the training-batch score (`critic/score/mean`) is shown for reference. "
              "Validation columns are the run's last value (`@` is stored as `_at_`).", ""]
     val_keys = sorted({k for r in rows for k in r["val"]})
     metric = select_metric(p)
-    header = ["Started", "Experiment", "DVC exp", "Commit", "Status", "Steps", "Best score (step)",
-              "Final score", *[f"`{k}`" for k in val_keys], f"Best eval `{metric}` (step)", "Report", "MLflow run"]
+    header = ["Started", "Experiment", "DVC exp", "Commit", "Status", "Steps", "Best train-batch score (step)",
+              "Final train-batch score", *[f"`{k}`" for k in val_keys], f"Best eval `{metric}` (step)", "Report", "MLflow run"]
     body = [[r["started"], r["exp_name"], r["exp"], f"`{r['commit']}`", r["status"], r["steps"],
              f"{num(r['best'][1])} ({r['best'][0]})" if r["best"] else "-", num(r["final"]),
              *[num(r["val"].get(k)) for k in val_keys],
@@ -91,10 +148,12 @@ def write_progress(p: Params, reports_dir: Path) -> Path | None:
              f"[{r['report']}]({r['report']})" if r["report"] else "-", f"`{short_id(r['run'])}`"]
             for r in rows]
     lines.append(md_table(header, body) if body else "No MLflow train runs recorded yet.")
-    top = max((r for r in rows if r["best"]), key=lambda r: r["best"][1], default=None)
-    if top:
-        lines += ["", f"Best so far: {top['exp_name']} `{top['exp']}` with `critic/score/mean` "
-                      f"{num(top['best'][1])} at step {top['best'][0]} (run `{short_id(top['run'])}`)."]
+    top = max((r for r in rows if r["eval_best"]), key=lambda r: r["eval_best"][1], default=None)
+    if top:  # held-out, by the metric checkpoints are chosen by: never a training batch's score
+        lines += ["", f"Best so far: {top['exp_name']} `{top['exp']}` with held-out `{metric}` "
+                      f"{num(top['eval_best'][1])} at step {top['eval_best'][0]} (run `{short_id(top['run'])}`)."]
+    elif rows:
+        lines += ["", "Best so far: no run evaluated yet (best is by held-out `val.select_metric`)."]
     path = reports_dir / "progress.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -356,11 +356,16 @@ def git_rows(c: Context) -> list[list]:
         commit = (f"`{c.exp_commit[:7]}` (DVC experiment `{exp}`, on baseline {base})" if c.exp_commit else
                   f"DVC experiment `{exp}` on baseline {base}: DVC commits it when the run ends "
                   f"(`git rev-parse {ref}`)")
-        dirty = "No (the experiment's commit holds its changes)"
     else:
         commit = base
-        changes = rec.get("changes") if rec else ", ".join(git["changes"])
-        dirty = f"Yes: {changes}" if changes else "No (only the pipeline's outputs changed)"
+    changes = rec.get("changes") if rec else ", ".join(git["changes"])
+    held = rec.get("held") if rec else ", ".join(git["held"])
+    if changes:
+        dirty = f"Yes: {changes}" + (" (untracked: not in the experiment's commit)" if exp else "")
+    elif exp:
+        dirty = "No (the experiment's commit holds its changes" + (f": {held})" if held else ")")
+    else:
+        dirty = "No (only the pipeline's outputs changed)"
     code = rec.get("code") or {}
     code_txt = (f"`{code.get('path')}` sha256 {code.get('sha256')}" +
                 ("" if code.get("from_tree", True) else " (not this tree's src/: an installed grpolab ran)")) \
@@ -459,6 +464,5 @@ def write(p: Params, root: Path, reports_dir: Path = Path("reports"), date: str 
     png = path.with_suffix(".png")
     plotted = plot_curves(hist, png, path.stem)
     path.write_text(build(p, root, date, png.name if plotted else None))
-    diary.write_progress(p, reports_dir)
-    entries.write_index(reports_dir)
+    diary.write_diary(p, reports_dir)
     return path, record

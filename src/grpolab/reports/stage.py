@@ -47,6 +47,7 @@ def attach_report(p: Params, path: Path, root: Path, run_id: str | None) -> bool
         if len(text) > MAX_TAG_VAL_LENGTH:  # MLflow would cut it silently
             text = text[:MAX_TAG_VAL_LENGTH - len(tail)] + tail
         client.set_tag(run_id, "mlflow.note.content", text)
+        client.set_tag(run_id, "grpolab.report", f"{p.tracking.reports_dir}/{path.name}")  # for the diary
         for f in (path, Path("params.yaml"), Path("dvc.lock")):
             if f.exists():
                 client.log_artifact(run_id, str(f))
