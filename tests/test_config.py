@@ -54,6 +54,11 @@ def test_derived_values():
     ({"train_prompt_bsz": 10, "train_prompt_mini_bsz": 4}, "train_prompt_mini_bsz"),
     ({"train_prompt_mini_bsz": 6, "train_prompt_bsz": 12}, "train_prompt_mini_bsz"),  # 6 % 4 GPUs
     ({"smoke": {"train_prompt_bsz": 3}}, "smoke.train_prompt_mini_bsz"),
+    # the demo's smoke batch (4 prompts, mini-batch 2) on 4 GPUs: refused here, not by the smoke stage
+    ({"n_gpus_per_node": 4, "smoke": {"train_prompt_bsz": 4, "train_prompt_mini_bsz": 2}}, "smoke.train_prompt_mini_bsz"),
+    ({"exp_name": "lr/4"}, "exp_name"),
+    ({"exp_name": ""}, "exp_name"),
+    ({"project_name": "a\nb"}, "project_name"),
 ])
 def test_bad_value_is_named(raw, key):
     with pytest.raises(config.ParamsError) as e:
@@ -107,6 +112,17 @@ def test_params_check_cli(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def test_an_empty_or_unreadable_params_file_is_named(tmp_path):
+    for text, says in ((b"", "the file is empty"), (b"# only a comment\n", "the file is empty"),
+                       (b"- 1\n- 2\n", "expected a mapping of params, got a list"),
+                       ("temperature: 1.0 # caf\u00e9\n".encode("latin-1"), "not UTF-8 text")):
+        f = tmp_path / "params.yaml"
+        f.write_bytes(text)
+        for args in (("params", "check", str(f)), ("params", "check", "--schema-only", str(f))):
+            r = _cli(*args)
+            assert r.returncode == 1 and says in r.stderr and "Traceback" not in r.stderr, (text, r.stderr)
+
+
 def test_stage_refuses_bad_params_before_work(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"temperature": -2}))
     r = subprocess.run([sys.executable, str(ROOT / "pipelines" / "train.py")], cwd=tmp_path,
@@ -155,3 +171,14 @@ def test_params_check_explain_prints_the_description(tmp_path):
     bad = subprocess.run([grpolab, "params", "check", "--explain", "temprature"], cwd=tmp_path,
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "'temprature' is not a param; did you mean temperature" in bad.stderr
+
+
+def test_version_and_help_texts():
+    from grpolab import __version__
+
+    r = _cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"grpolab {__version__}"
+    for cmd in (("demo",), ("report",), ("compare",), ("diary",), ("params", "check")):
+        h = _cli(*cmd, "--help")
+        assert h.returncode == 0 and "<bool>" not in h.stdout, (cmd, h.stdout)  # a flag takes no value
+    assert "`report` stage" in _cli("report", "--help").stdout and "write_report" not in _cli("report", "--help").stdout

@@ -77,6 +77,25 @@ def test_jsonl_errors_name_the_file_line_and_can_be_skipped(tmp_path):
     assert skipped == {"not valid JSON": 1, "reward_model not an object": 1}
 
 
+def test_files_that_are_not_utf8_are_named_never_decoded_with_replacements(tmp_path):
+    """A latin-1 or binary .json is refused naming the file; a latin-1 JSONL line is a bad line with
+    its number (never trained on as text with replacement characters)."""
+    f = tmp_path / "rows.json"
+    f.write_bytes(json.dumps([_row("Was ist 1+1? caf\u00e9")], ensure_ascii=False).encode("latin-1"))
+    with pytest.raises(data.DataError, match=rf"{f}: not UTF-8 text \(byte 0xe9"):
+        data.read_rows(f)
+    (tmp_path / "bin.json").write_bytes(bytes(range(256)))
+    with pytest.raises(data.DataError, match="bin.json: not UTF-8 text"):
+        data.read_rows(tmp_path / "bin.json")
+    g = tmp_path / "rows.jsonl"
+    g.write_bytes(json.dumps(_row()).encode() + b"\n" + json.dumps(_row("caf\u00e9?"), ensure_ascii=False).encode("latin-1")
+                  + b"\n" + json.dumps(_row("What is 2+2?", "4")).encode() + b"\n")
+    with pytest.raises(data.DataError, match=rf"{g} line 2: not UTF-8 text \(byte 0xe9 at column"):
+        data.load_examples([str(g)])
+    ex, skipped = data.load_examples([str(g)], skip_bad_rows=True)
+    assert [x.ground_truth for x in ex] == ["2", "4"] and skipped == {"not UTF-8 text": 1}
+
+
 def test_parquet_without_the_columns_names_them(tmp_path):
     f = tmp_path / "wrong.parquet"
     pq.write_table(pa.Table.from_pylist([{"question": "What is 1+1?", "answer": "2"}]), f)

@@ -90,8 +90,14 @@ def read_located_rows(path: str | Path, required: tuple[str, ...] = REQUIRED_COL
         raise DataError(f"data file not found: {path}")
     if path.suffix == ".jsonl":
         out = []
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for n, line in enumerate(f, 1):
+        with open(path, "rb") as f:  # bytes: a line that is not UTF-8 is named, never decoded with "?"
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    out.append((f"line {n}", BadLine(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                                                     f"{exc.start + 1}; JSON Lines files must be UTF-8)")))
+                    continue
                 if line.strip():
                     try:
                         out.append((f"line {n}", json.loads(line)))
@@ -117,7 +123,12 @@ def _read_whole(path: Path, required: tuple[str, ...] = REQUIRED_COLUMNS) -> lis
                             f"messages and 'reward_model' with a 'ground_truth')")
         return table.to_pylist()
     if path.suffix == ".json":
-        text = path.read_text()
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                            f"JSON files must be UTF-8 (a binary or latin-1 file?)") from None
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -166,7 +177,7 @@ def load_examples(files: list[str], count_tokens=None, max_prompt_length: int | 
             why = row_problem(row, count_tokens, max_prompt_length)
             if why:
                 bad.append(f"{f} {where}: {why}")
-                key = ("prompt too long" if "tokens" in why else "not valid JSON" if isinstance(row, BadLine)
+                key = ("prompt too long" if "tokens" in why else str(row).split(" (")[0] if isinstance(row, BadLine)
                        else "reward_model not an object" if why.startswith("reward_model is") else why)
                 skipped[key] = skipped.get(key, 0) + 1
                 continue

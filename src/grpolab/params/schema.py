@@ -414,6 +414,15 @@ class Params(_Strict):
     tracking: TrackingCfg = D(TrackingCfg(), "Where runs are recorded (dvclive, MLflow, W&B, reports)")
     health: HealthCfg = D(HealthCfg(), "Run-health thresholds")
 
+    @field_validator("exp_name", "project_name")
+    @classmethod
+    def _a_name(cls, v: str) -> str:
+        bad = sorted({c for c in v if c in '/\\:*?"<>|' or ord(c) < 32})
+        if not v.strip() or bad or v.startswith("."):
+            raise ValueError("must be a name usable in file and run names: not empty, no leading '.', none of "
+                             "/ \\ : * ? \" < > | or control characters" + (f" (has {' '.join(map(repr, bad))})" if bad else ""))
+        return v
+
     @model_validator(mode="after")
     def _batch_rules(self) -> "Params":
         errs = batch_rule_errors(self.model_dump())
@@ -467,6 +476,9 @@ def batch_rule_errors(d: dict) -> list[str]:
     rule(lambda: sm["train_prompt_bsz"] % sm["train_prompt_mini_bsz"] and (
         f"smoke.train_prompt_mini_bsz: {sm['train_prompt_mini_bsz']} — must divide "
         f"smoke.train_prompt_bsz ({sm['train_prompt_bsz']})"))
+    rule(lambda: world > 1 and sm["train_prompt_mini_bsz"] % world and (
+        f"smoke.train_prompt_mini_bsz: {sm['train_prompt_mini_bsz']} — must be divisible by "
+        f"n_gpus_per_node*nnodes ({world}): the smoke stage runs on the same ranks"))
     rule(lambda: d.get("tis_imp_ratio_cap") is not None and d["rollout"]["engine"] == "hf" and (
         f"tis_imp_ratio_cap: {d['tis_imp_ratio_cap']} — needs an engine that reports its sampling "
         f"log-probs (rollout.engine: vllm); the hf engine samples with the trainer's own weights"))
@@ -545,9 +557,16 @@ def load(path: str | Path = "params.yaml") -> Params:
     if not path.exists():
         raise ParamsError(str(path), [f"{path}: file not found"])
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ParamsError(str(path), [f"<yaml>: {exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ParamsError(str(path), [f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+    if raw is None:
+        raise ParamsError(str(path), [f"{path}: the file is empty (no params at all); restore it, e.g. "
+                                      f"`git checkout -- {path}`"])
+    if not isinstance(raw, dict):
+        raise ParamsError(str(path), [f"{path}: expected a mapping of params, got a {type(raw).__name__}"])
     return validate(raw, str(path))
 
 
