@@ -167,3 +167,61 @@ def test_an_experiments_own_commit_reaches_its_records(campaign):
     assert tagged["short"] == short
     progress = (ws / "reports" / "progress.md").read_text()
     assert f"`{short[:7]}`" in progress
+
+
+def _status(campaign) -> str:
+    r = sh(["dvc", "status", "--json"], campaign["ws"], campaign["env"], campaign["logs"], "status")
+    return r.stdout.strip()
+
+
+def test_one_parent_run_per_experiment_and_views_that_change_no_output(campaign):
+    """MLflow: every pipeline run (the baseline's `dvc repro`, each `dvc exp run`) is one parent run named
+    as DVC names it, its stages' runs its children. The views (`grpolab diary`, `exps`, `compare`) write
+    outside DVC's outputs: `dvc status` and `git status` are the same after them; the diary lists every
+    experiment, whichever ref holds its report."""
+    ws, env, logs = campaign["ws"], campaign["env"], campaign["logs"]
+    con = sqlite3.connect(ws / "mlflow.db")
+    parents = dict(con.execute("select r.run_uuid, r.name from runs r join tags t using (run_uuid) "
+                               "where t.key='grpolab.stage' and t.value='pipeline'"))
+    assert sorted(parents.values()) == sorted(["demo-tiny-qwen3", "reqonly", "short", "longer", "fresh"])
+    kids = con.execute("select t.value, s.value from tags t join tags s using (run_uuid) where "
+                       "t.key='mlflow.parentRunId' and s.key='grpolab.stage'").fetchall()
+    by_parent = {}
+    for parent, stage in kids:
+        by_parent.setdefault(parents.get(parent, "?"), []).append(stage)
+    assert sorted(by_parent["reqonly"]) == ["report"]  # DVC reused its train stage: a record of its own
+    for name in ("demo-tiny-qwen3", "short", "longer", "fresh"):  # smoke: where DVC reran it
+        assert {"train", "evaluate"} <= set(by_parent[name]) <= {"smoke", "train", "evaluate"}, (name, by_parent)
+    before, git_before = _status(campaign), sh(["git", "status", "--porcelain"], ws, env, logs, "git0").stdout
+    diary = sh(["grpolab", "diary"], ws, env, logs, "diary").stdout
+    exps = sh(["grpolab", "exps", "--md"], ws, env, logs, "exps").stdout
+    sh(["grpolab", "compare"], ws, env, logs, "compare")
+    assert _status(campaign) == before
+    assert sh(["git", "status", "--porcelain"], ws, env, logs, "git1").stdout == git_before
+    entries = [line for line in diary.splitlines() if line.startswith("- ")]
+    assert len(entries) == 5, diary
+    for name in ("reqonly", "short", "longer", "fresh"):
+        line = next(e for e in entries if f"`{name}`" in e)
+        assert "git show " in line or "](../reports/" in line, line  # where its report is
+    assert "reuses the 4/4 steps of run" in next(e for e in entries if "`reqonly`" in e)
+    assert (ws / "views" / "index.md").read_text().strip() == diary.strip()
+    header = next(line for line in exps.splitlines() if line.startswith("| Experiment"))
+    assert "eval/best_step" in header and "eval/best/" in header, header  # the held-out numbers
+    for name in ("short", "longer", "fresh"):
+        assert f"[{name}]" in exps
+
+
+def test_applying_an_experiment_brings_its_own_records(campaign):
+    """`dvc exp apply short`: the workspace holds short's params, results and report (byte for byte its
+    commit's); its summary is short's own."""
+    import subprocess
+
+    ws, env, logs = campaign["ws"], campaign["env"], campaign["logs"]
+    sh(["dvc", "exp", "apply", "short"], ws, env, logs, "apply")
+    s = json.loads((ws / "results/train/summary.json").read_text())
+    assert s["tracking"]["dvc_exp_name"] == "short" and s["steps_done"] == 2
+    refs = subprocess.run(["git", "show-ref"], cwd=ws, capture_output=True, text=True).stdout
+    ref = next(line.split()[1] for line in refs.splitlines() if line.endswith("/short"))
+    mine = next(f for f in (ws / "reports").glob("*-short.md"))
+    shown = subprocess.run(["git", "show", f"{ref}:reports/{mine.name}"], cwd=ws, capture_output=True).stdout
+    assert mine.read_bytes() == shown

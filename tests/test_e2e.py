@@ -89,28 +89,69 @@ def test_mlflow_store_has_both_runs_with_git_tags(demo_dir):
     exp_tags = [dict(con.execute("select key, value from tags where run_uuid=?", (r[0],))).get("dvc.exp_name")
                 for r in train_runs]
     assert sum(bool(t) for t in exp_tags) == 1  # the `dvc exp run` one carries its experiment name
+    # one parent run per pipeline run, named as DVC names it; every stage's run is its child
+    parents = dict(con.execute("select r.run_uuid, r.name from runs r join tags t using (run_uuid) "
+                               "where t.key='grpolab.stage' and t.value='pipeline'"))
+    assert len(parents) == 2 and all(r[2] == "FINISHED" for r in runs if r[0] in parents)
+    exp_name = next(t for t in exp_tags if t)
+    assert set(parents.values()) == {"demo-tiny-qwen3", exp_name}
+    for run_id, name, _ in runs:
+        if run_id not in parents:
+            parent = con.execute("select value from tags where run_uuid=? and key='mlflow.parentRunId'",
+                                 (run_id,)).fetchone()
+            assert parent and parent[0] in parents, name
+    kids = con.execute("select count(*) from tags where key='mlflow.parentRunId'").fetchone()[0]
+    assert kids == 6  # smoke, train, evaluate of each (the report stage records into the train run)
+    names = {n for (n,) in con.execute("select e.name from experiments e join runs r using (experiment_id)")}
+    assert names == {"grpolab-demo"}  # the demo's own MLflow experiment, never the recipe's
+
+
+def _exp_report(demo_dir) -> tuple[str, str]:
+    """The experiment's report (name, text): `--temp` ran it outside the workspace, so it lives in the
+    experiment's commit only."""
+    ref = _git(demo_dir, "for-each-ref", "--format=%(refname)", "refs/exps").split()[0]
+    name = next(n for n in _git(demo_dir, "ls-tree", "--name-only", ref, "reports/").split()
+                if re.search(r"-demo-tiny-qwen3-.+\.md$", n))
+    return name, _git(demo_dir, "show", f"{ref}:{name}")
+
+
+def test_the_demo_leaves_the_workspace_on_the_baseline_clean(demo_dir):
+    """The experiment ran in DVC's temporary workspace: the user's next sweep starts from the baseline."""
+    assert _git(demo_dir, "status", "--porcelain") == ""
+    import yaml
+
+    assert yaml.safe_load((demo_dir / "params.yaml").read_text())["temperature"] == 1.0
+    summary = json.loads((demo_dir / "results" / "train" / "summary.json").read_text())
+    assert summary["tracking"].get("dvc_exp_name", "") == ""  # the baseline's own results
 
 
 def test_reports_have_every_section_from_real_numbers(demo_dir):
     reports = sorted(r for r in (demo_dir / "reports").glob("*.md") if r.name not in ("progress.md", "compare.md"))
     names = [r.name for r in reports]
-    assert "index.md" in names and len(reports) == 3, names
-    summary = json.loads((demo_dir / "results" / "train" / "summary.json").read_text())
-    for rep in (r for r in reports if r.name != "index.md"):
-        text = rep.read_text()
+    assert "index.md" in names and len(reports) == 2, names  # the baseline's report; the experiment's in its commit
+    exp_name, exp_text = _exp_report(demo_dir)
+    texts = {r.name: r.read_text() for r in reports if r.name != "index.md"} | {exp_name: exp_text}
+    for name, text in texts.items():
         for section in ("### Changes", "### Key Hyperparameters", "### Validation", "### Git", "### Notes"):
-            assert section in text, (rep.name, section)
+            assert section in text, (name, section)
         assert md_row(text, "Request")[1] and md_row(text, "Delivery")[1] and md_row(text, "Scope")[1]
         assert md_row(text, "Smoke test (2 steps)")[2] == "Pass - 2 steps completed"
         assert md_row(text, "Training progress")[1:] == ["Trained 20/20 steps (steps 1-20 trained by this run)", "Pass"]
-    exp_report = next(r for r in reports if r.name != "index.md" and "-demo-tiny-qwen3-" in r.name)
-    text = exp_report.read_text()
-    assert md_row(text, "`temperature`") == ["`temperature`", "1.2", "1", "changed"], text
-    assert f"run `{summary['tracking']['mlflow_run_id'][:8]}`" in text
-    final = summary["history"][-1]["critic/score/mean"]
-    assert f"{final:.4g}" in text
+        assert "sqlite:////" not in text and str(demo_dir) not in text  # no path of this machine
+    assert md_row(exp_text, "`temperature`") == ["`temperature`", "1.2", "1", "changed"], exp_text
+    summary = json.loads((demo_dir / "results" / "train" / "summary.json").read_text())
+    base_text = next(t for n, t in texts.items() if n != exp_name)
+    assert f"run `{summary['tracking']['mlflow_run_id'][:8]}`" in base_text
+    assert f"{summary['history'][-1]['critic/score/mean']:.4g}" in base_text
+    # the committed index is the baseline's; the diary view (`grpolab diary`) lists both runs
     index = (demo_dir / "reports" / "index.md").read_text().splitlines()
-    assert sum(1 for line in index if line.startswith("- [")) == 2
+    assert sum(1 for line in index if line.startswith("- ")) == 1
+    diary = [line for line in (demo_dir / "views" / "index.md").read_text().splitlines() if line.startswith("- ")]
+    assert len(diary) == 2 and all("done, 20/20 steps, best held-out `avg@2`" in line for line in diary), diary
+    commit = _git(demo_dir, "rev-parse", "--short", "refs/exps/" + _git(
+        demo_dir, "for-each-ref", "--format=%(refname)", "refs/exps").split()[0].split("refs/exps/", 1)[1])[:7]
+    assert f"git show {commit}:{exp_name}" in diary[0]  # the experiment's, newest first
+    assert "(../reports/" in diary[1]  # the baseline's, in this tree
 
 
 def _git(demo_dir, *args) -> str:
@@ -163,7 +204,7 @@ def test_evaluate_stage_scored_every_checkpoint_and_the_report_marks_the_best(de
             assert len(rows) == 16 * 2
             assert evaluation.step_metrics(rows, same) == pytest.approx(m)
     best = json.loads((out / "metrics.json").read_text())["eval/best_step"]
-    rep = next(r for r in (demo_dir / "reports").glob("*-demo-tiny-qwen3-*.md"))
+    rep = next(r for r in (demo_dir / "reports").glob("*-demo-tiny-qwen3.md"))  # the baseline's, as metrics.json
     text = rep.read_text()
     assert "### Evaluation" in text and re.search(rf"\| {best} \(best\) +\| toy/add +\|", text)
     for s in (0, 10, 20):

@@ -9,6 +9,7 @@
     grpolab preflight [params.yaml]        per-GPU memory estimate; refuses what cannot fit
     grpolab compare [EXP ...]              experiments side by side, with plots
     grpolab exps                           `dvc exp show` narrowed to what experiments are compared on
+    grpolab diary [--out views]            index.md + progress.md of every run in the MLflow store
     grpolab demo --workdir demo/           a fresh git+DVC workspace running the whole pipeline on CPU
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from grpolab.data.rows import write_toy
 from grpolab.params import schema as config
 from grpolab.params.entry import print_params_error, run_stage
 from grpolab.pipeline.demo import run_demo
-from grpolab.reports.compare import CompareError, compare, exp_show_args
+from grpolab.reports.compare import VIEWS_DIR, CompareError, compare, exp_show_args
 from grpolab.reward.functions import RewardFunctionError, check_functions
 from grpolab.reward.score_cli import score
 from grpolab.util import console, flatten_params
@@ -44,6 +45,28 @@ def _stage(name: str):
     return getattr(importlib.import_module(module), fn)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.split("\n")[0])
+
+
+def _flag_type(self, ctx):
+    """A flag (`--force`, `--help`) takes no value: its help shows no `<bool>` (typer shows one)."""
+    return None if self.is_flag else _typer_type(self, ctx)
+
+
+_typer_type, typer.core.TyperOption.display_type_rich = typer.core.TyperOption.display_type_rich, _flag_type
+
+
+def _version(show: bool) -> None:
+    if show:
+        from grpolab import __version__
+
+        print(f"grpolab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print grpolab's version and exit")) -> None:
+    """GRPO math-RL experiments, reproducible: DVC stages, MLflow/W&B records, delivery reports."""
 params_app = typer.Typer(no_args_is_help=True, help="Validate and inspect params.yaml.")
 model_app = typer.Typer(no_args_is_help=True, help="Fetch or build models.")
 data_app = typer.Typer(no_args_is_help=True, help="Data sets.")
@@ -168,6 +191,28 @@ def compare_cmd(
     if res.get("evaluation"):  # the evaluate stage's step x data_source table of each experiment
         print("\n" + res["evaluation"])
     err.print(f"wrote {res['report']}" + "".join(f", {p}" for p in res["plots"].values()), highlight=False)
+
+
+@app.command("diary")
+def diary_cmd(path: Path = ParamsFile,
+              out: Path = typer.Option(Path(VIEWS_DIR), help="folder to write index.md and progress.md into "
+                                                             "(never reports/: a DVC output)")) -> None:
+    """The diary of every experiment of the MLflow store (whichever branch, experiment ref or queued run
+    holds its report): status, best held-out score, where its report is. Written outside DVC's outputs."""
+    from grpolab.reports import diary
+
+    p = load_or_exit(path)
+    reports = Path(p.tracking.reports_dir)
+    if out.resolve() == reports.resolve():
+        err.print(f"[red]error[/]: --out {out} is the report stage's output (DVC owns it); choose another folder")
+        raise typer.Exit(2)
+    try:
+        written = diary.write_diary(p, reports, out, strict=True)
+    except Exception as exc:
+        err.print(f"[red]error[/]: the MLflow store could not be read: {type(exc).__name__}: {exc}")
+        raise typer.Exit(1)
+    print(written[-1].read_text(), end="")
+    err.print("wrote " + ", ".join(map(str, written)), highlight=False)
 
 
 @app.command("exps")

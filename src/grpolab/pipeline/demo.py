@@ -4,8 +4,11 @@
 
 Copies the pipeline (dvc.yaml, pipelines/, the stage code) into WORKDIR, switches params to the
 built-in tiny model, toy data and CPU, then runs what a user runs: `dvc repro`, a commit, and
-`dvc exp run -S temperature=1.2`; prints `dvc exp show` and where reports and the MLflow store are.
-The user's own files are never touched: WORKDIR must be new (or a previous demo, with --force).
+`dvc exp run --temp -S temperature=1.2`; prints `dvc exp show`, writes the diary of both runs
+(`grpolab diary`: views/index.md) and says where reports and the MLflow store are. The experiment runs
+in DVC's temporary workspace (`--temp`), so WORKDIR is left on the committed baseline, clean: a user's
+next `dvc exp run` starts from the baseline, not from the demo's experiment (`dvc exp apply` brings it
+in). The user's own files are never touched: WORKDIR must be new (or a previous demo, with --force).
 """
 from __future__ import annotations
 
@@ -81,7 +84,7 @@ def sh(args: list[str], cwd: Path, env: dict) -> str:
     return r.stdout
 
 
-def run_demo(workdir: Path, force: bool = False, exp_args: tuple[str, ...] = ("-S", "temperature=1.2")) -> int:
+def run_demo(workdir: Path, force: bool = False, exp_args: tuple[str, ...] = ("--temp", "-S", "temperature=1.2")) -> int:
     workdir = workdir.resolve()
     if workdir.exists() and any(workdir.iterdir()):
         if not (workdir / MARKER).exists():
@@ -112,11 +115,14 @@ def run_demo(workdir: Path, force: bool = False, exp_args: tuple[str, ...] = ("-
         sh(["git", "commit", "-q", "-m", "baseline run: dvc.lock and report"], workdir, env)
         sh(["dvc", "exp", "run", *exp_args], workdir, env)
         sh(["dvc", *exp_show_args(md=True)], workdir, env)
+        sh(["grpolab", "diary"], workdir, env)
     except RuntimeError as exc:
         console.print(f"[red]demo failed[/]: {exc}")
         return 1
     console.print(f"\n[green]demo done in {time.time() - t0:.0f} s[/]")
-    console.print(f"  reports:      {workdir / 'reports'} (index.md, newest first)")
+    console.print(f"  diary:        {workdir / 'views' / 'index.md'} (every run, newest first: `grpolab diary`)")
+    console.print(f"  reports:      {workdir / 'reports'} (the baseline's); the experiment's is in its commit "
+                  f"(`dvc exp apply <name>` brings it into the workspace)")
     console.print(f"  MLflow store: {workdir / 'mlflow.db'} -> "
                   f"`mlflow ui --backend-store-uri sqlite:///{workdir / 'mlflow.db'}`")
     console.print(f"  experiments:  cd {workdir} && grpolab exps   (dvc exp show, narrowed)")

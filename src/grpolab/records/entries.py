@@ -18,6 +18,8 @@ import re
 from pathlib import Path
 
 from grpolab.params.schema import Params
+from grpolab.records.gitmeta import project_root
+from grpolab.records.mlflow_runs import shown_uri
 from grpolab.util import md_table
 
 SKIP_INDEX = ("index.md", "progress.md", "compare.md")  # reports/ files that are not experiment entries
@@ -94,7 +96,7 @@ def write_status(p: Params, record: dict, status: str, step: int, total: int, er
             ["Commit", f"`{record.get('commit', '')[:7]}`" + (f", DVC experiment `{exp}`" if exp else "")],
             ["Code", f"`{record.get('code', {}).get('path', '?')}` (sha256 {record.get('code', {}).get('sha256', '?')})"]]
     if record.get("mlflow_run_id"):
-        rows.append(["MLflow run", f"`{short_id(record['mlflow_run_id'])}` in `{record.get('mlflow_uri', '')}`"])
+        rows.append(["MLflow run", f"`{short_id(record['mlflow_run_id'])}` in `{shown_uri(record.get('mlflow_uri', ''), project_root())}`"])
     text = "\n".join([f"## {record.get('started', '')} - {p.exp_name}" + (f" (`{exp}`)" if exp else "")
                       + f" — {state}", "", md_table(["Item", "Details"], rows), "",
                       STUB, "",

@@ -38,6 +38,18 @@ def mlflow_uri(p: Params, root: Path) -> str:
     return p.tracking.mlflow_tracking_uri or f"sqlite:///{root / 'mlflow.db'}"
 
 
+def shown_uri(uri: str, root: Path) -> str:
+    """The store as records show it: the workspace's own SQLite store relative to the workspace
+    (`sqlite:///mlflow.db`, what `mlflow ui` takes there), so no record carries this machine's paths."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix):
+        try:
+            return prefix + Path(uri[len(prefix):]).resolve().relative_to(Path(root).resolve()).as_posix()
+        except ValueError:
+            pass
+    return uri
+
+
 def relocate_artifacts(root: Path, warn) -> int:
     """Point the default store's experiments and runs whose artifacts are in another folder's
     `mlartifacts/` (the workspace was copied or moved) at `<root>/mlartifacts`; the number of runs moved.

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from grpolab.params.guard import dvc_process
 from grpolab.records import mlflow_runs
+from grpolab.records.gitmeta import project_root
 from grpolab.records.entries import short_id
 from grpolab.records.mlflow_runs import mlflow_key, mlflow_uri
 from grpolab.records.backend import RunInfo, warn
@@ -162,6 +163,6 @@ class MlflowBackend:
         if "mlflow" not in reached:
             return ["MLflow logging", f"run `{short_id(rec['mlflow_run_id'])}` kept steps it could not send "
                     f"(see `mlflow-pending-*.jsonl`)", "Fail - see the train stage's warnings"]
-        uri = rec.get("mlflow_uri", "")
+        uri = mlflow_runs.shown_uri(rec.get("mlflow_uri", ""), project_root(root))
         return ["MLflow logging", f"run `{short_id(rec['mlflow_run_id'])}` in `{uri}` "
                 f"(open: `mlflow ui --backend-store-uri {uri}`)", "Pass - metrics logged"]

@@ -11,6 +11,7 @@ temporary workspace ran it and holds its report:
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from pathlib import Path
 
@@ -57,6 +58,8 @@ def progress_rows(p: Params, reports_dir: Path) -> list[dict]:
     ids = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(ids, filter_string="tags.`grpolab.stage` = 'train'", max_results=5000,
                               order_by=["attribute.start_time DESC"]) if ids else []
+    # experiments whose train stage DVC reused (grpolab.reports.stage.reuse_run): rows of their own
+    reuses = client.search_runs(ids, filter_string="tags.`grpolab.stage` = 'report'", max_results=5000) if ids else []
     reports = {marker_of(f): f.name for f in reports_dir.glob("*.md") if f.name not in SKIP_INDEX}
     evals = client.search_runs(ids, filter_string="tags.`grpolab.stage` = 'evaluate'", max_results=5000,
                                order_by=["attribute.start_time DESC"]) if ids else []
@@ -75,33 +78,52 @@ def progress_rows(p: Params, reports_dir: Path) -> list[dict]:
             "val": {k: v for k, v in r.data.metrics.items() if k.startswith(health.VAL_PREFIX)},
             "report": reports.get(r.info.run_id, ""),
             "eval_best": eval_best(client, p, r, evals),  # its evaluate run's best step (issue 10)
+            "reuses": "",
         })
+    by_id = {r["run"]: r for r in rows}
+    for r in reuses:
+        tags, train = r.data.tags, by_id.get(r.data.tags.get("grpolab.reused_train_run", ""))
+        if train is None:
+            continue
+        rows.append({**train, "run": r.info.run_id, "status": r.info.status, "continued_by": [],
+                     "report_path": tags.get("grpolab.report", ""), "report": reports.get(r.info.run_id, ""),
+                     "started": dt.datetime.fromtimestamp(r.info.start_time / 1000).isoformat(timespec="minutes"),
+                     "exp": tags.get("dvc.exp_name") or "(workspace)", "exp_name": tags.get("grpolab.exp_name", ""),
+                     "commit": run_commit(client, r, root)[:7], "reuses": train["run"]})
+    rows.sort(key=lambda r: r["started"], reverse=True)
     return rows
 
 
 def status_of(r: dict) -> str:
     """A run's state as the store has it now."""
     steps = f"{r['steps']}/{r['total']}" if r["total"] else str(r["steps"])
+    if r.get("reuses"):
+        return f"reuses the {steps} steps of run `{short_id(r['reuses'])}` (0 steps trained)"
     cont = f"; continued by run `{short_id(r['continued_by'][0])}`" if r["continued_by"] else ""
     return {"FINISHED": f"done, {steps} steps", "RUNNING": f"running, step {steps}",
             "KILLED": f"killed at step {steps}{cont}", "FAILED": f"failed at step {steps}{cont}"}.get(
         r["status"], f"{r['status'].lower()}, step {steps}{cont}")
 
 
-def write_diary(p: Params, reports_dir: Path) -> None:
-    """`progress.md` and `index.md` from the MLflow store (the index from this tree's files alone
-    when the store cannot be read)."""
+def write_diary(p: Params, reports_dir: Path, out: Path | None = None, strict: bool = False) -> list[Path]:
+    """`progress.md` and `index.md` from the MLflow store, into `out` (default: `reports_dir`, as the
+    report stage writes them; `grpolab diary` writes them outside DVC's outputs, linking into
+    `reports_dir`). When the store cannot be read: the index from this tree's files alone (or, with
+    `strict`, the error)."""
+    out = out or reports_dir
+    out.mkdir(parents=True, exist_ok=True)
     try:
         rows = progress_rows(p, reports_dir)
     except Exception as exc:  # the report itself is written; the diary is best effort
+        if strict:
+            raise
         print(f"[grpolab] warning: progress.md and index.md not built from MLflow: {type(exc).__name__}: {exc}")
-        entries.write_index(reports_dir)
-        return
-    write_progress(p, reports_dir, rows)
-    write_index(p, reports_dir, rows)
+        return [entries.write_index(reports_dir)]
+    link = "" if out.resolve() == reports_dir.resolve() else os.path.relpath(reports_dir, out) + "/"
+    return [write_progress(p, out, rows, link), write_index(p, reports_dir, rows, out, link)]
 
 
-def write_index(p: Params, reports_dir: Path, rows: list[dict]) -> Path:
+def write_index(p: Params, reports_dir: Path, rows: list[dict], out: Path, link: str = "") -> Path:
     here = {marker_of(f): f for f in reports_dir.glob("*.md") if f.name not in SKIP_INDEX}
     metric = select_metric(p)
     lines = ["# Experiment reports (newest first)", "",
@@ -113,7 +135,7 @@ def write_index(p: Params, reports_dir: Path, rows: list[dict]) -> Path:
         what = f"{r['started']} {r['exp_name']}" + (f" `{r['exp']}`" if r["exp"] != "(workspace)" else "")
         f = here.get(r["run"])
         if f:
-            where = f"[{f.name}]({f.name})"
+            where = f"[{f.name}]({link}{f.name})"
         elif r["report_path"] and r["commit"]:
             where = f"in commit `{r['commit']}`: `git show {r['commit']}:{r['report_path']}`"
         else:
@@ -123,15 +145,15 @@ def write_index(p: Params, reports_dir: Path, rows: list[dict]) -> Path:
     rest = sorted(((f.stat().st_mtime, f) for k, f in here.items() if k not in known), reverse=True)
     for _, f in rest:
         title = next((ln for ln in f.read_text().splitlines() if ln.startswith("## ")), f"## {f.name}")
-        lines.append(f"- [{title[3:]}]({f.name})")
-    if (reports_dir / "progress.md").exists():
+        lines.append(f"- [{title[3:]}]({link}{f.name})")
+    if (out / "progress.md").exists():
         lines += ["", "Best result of every run: [progress.md](progress.md)"]
-    idx = reports_dir / "index.md"
+    idx = out / "index.md"
     idx.write_text("\n".join(lines) + "\n")
     return idx
 
 
-def write_progress(p: Params, reports_dir: Path, rows: list[dict]) -> Path:
+def write_progress(p: Params, out: Path, rows: list[dict], link: str = "") -> Path:
     """`reports/progress.md`: every train run's best result, newest first (from MLflow)."""
     lines = ["# Progress: best result of every training run (newest first)", "",
              "From the MLflow store's train runs. Best so far is by held-out `val.select_metric` over "
@@ -145,7 +167,7 @@ def write_progress(p: Params, reports_dir: Path, rows: list[dict]) -> Path:
              f"{num(r['best'][1])} ({r['best'][0]})" if r["best"] else "-", num(r["final"]),
              *[num(r["val"].get(k)) for k in val_keys],
              f"{num(r['eval_best'][1])} ({r['eval_best'][0]})" if r["eval_best"] else "-",
-             f"[{r['report']}]({r['report']})" if r["report"] else "-", f"`{short_id(r['run'])}`"]
+             f"[{r['report']}]({link}{r['report']})" if r["report"] else "-", f"`{short_id(r['run'])}`"]
             for r in rows]
     lines.append(md_table(header, body) if body else "No MLflow train runs recorded yet.")
     top = max((r for r in rows if r["eval_best"]), key=lambda r: r["eval_best"][1], default=None)
@@ -154,6 +176,6 @@ def write_progress(p: Params, reports_dir: Path, rows: list[dict]) -> Path:
                       f"{num(top['eval_best'][1])} at step {top['eval_best'][0]} (run `{short_id(top['run'])}`)."]
     elif rows:
         lines += ["", "Best so far: no run evaluated yet (best is by held-out `val.select_metric`)."]
-    path = reports_dir / "progress.md"
+    path = out / "progress.md"
     path.write_text("\n".join(lines) + "\n")
     return path

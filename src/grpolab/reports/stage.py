@@ -8,12 +8,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from grpolab.params import stagedefs
+from grpolab.params.guard import dvc_process
 from grpolab.params.schema import Params
-from grpolab.records import entries, gitmeta
+from grpolab.records import entries, gitmeta, mlflow_runs
 from grpolab.records.mlflow_runs import mlflow_uri
-from grpolab.reports import report
+from grpolab.reports import diary, report
 from grpolab.util import console
-from grpolab.records import gitmeta
 
 
 def write_report(p: Params) -> Path:
@@ -23,10 +24,46 @@ def write_report(p: Params) -> Path:
     who = entries.describe_run(record)
     console.print(f"[bold]report[/]: wrote {path} ({who}) and refreshed "
                   f"{Path(p.tracking.reports_dir) / 'index.md'}", highlight=False)
-    if attach_report(p, path, gitmeta.project_root(), record.get("mlflow_run_id")):
-        console.print(f"  MLflow run {record['mlflow_run_id'][:8]}: description and report artifact updated",
+    run_id = record.get("mlflow_run_id")
+    if not run_id:
+        run_id = reuse_run(p, gitmeta.project_root(), record)
+        if run_id:  # the diary lists it too
+            diary.write_diary(p, Path(p.tracking.reports_dir))
+    if attach_report(p, path, gitmeta.project_root(), run_id):
+        console.print(f"  MLflow run {run_id[:8]}: description and report artifact updated",
                       highlight=False)
     return path
+
+
+def reuse_run(p: Params, root: Path, record: dict) -> str | None:
+    """An experiment whose train stage DVC reused (only `request` or `exp_name` changed) has no train
+    run of its own: its record is an MLflow run of its own (`grpolab.stage=report`, a child of its
+    pipeline run), tagged with the train run whose steps it reuses (`grpolab.reused_train_run`) and
+    `grpolab.steps_trained=0`, so the diary lists it and no other run's description changes."""
+    summary = report._read_json(Path(p.trainer.output_dir) / "summary.json")
+    reused = (summary.get("tracking") or {}).get("mlflow_run_id")
+    if not (p.tracking.mlflow and reused and record.get("dvc_exp_name")):
+        return None
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(mlflow_uri(p, root))
+        exp_id = client.get_run(reused).info.experiment_id
+        tags = {**gitmeta.run_tags(Path.cwd(), ignore=stagedefs.output_paths(p)), **mlflow_runs.process_tags(),
+                "grpolab.stage": "report", "grpolab.exp_name": p.exp_name, "grpolab.reused_train_run": reused,
+                "grpolab.start": "reused", "grpolab.steps_trained": "0"}
+        owner = dvc_process()
+        if owner:
+            parent = mlflow_runs.pipeline_parent(client, exp_id, owner, record["dvc_exp_name"], tags)
+            tags["mlflow.parentRunId"] = parent
+        run = client.create_run(exp_id, run_name=f"{record.get('run_name') or p.exp_name}-report", tags=tags)
+        client.set_terminated(run.info.run_id, "FINISHED")
+        if owner:
+            client.set_terminated(parent, "FINISHED")
+        return run.info.run_id
+    except Exception as exc:  # the report itself is written; the record is best effort
+        console.print(f"[yellow]warning[/]: no MLflow record of this experiment: {type(exc).__name__}: {exc}")
+        return None
 
 
 def attach_report(p: Params, path: Path, root: Path, run_id: str | None) -> bool:
