@@ -11,6 +11,7 @@ Derived values (tokens per sequence, responses per step, per-GPU batch, ...) are
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -242,6 +243,8 @@ class TrainerCfg(_Strict):
                                    "step's model is exported (HF) to <output_dir>/best. Empty = off")
     early_stop_patience: int = D(0, "Stop after this many validations without a new best of early_stop_metric "
                                     "(0 = never stop, only export the best)", ge=0)
+    monitor_action: Literal["stop", "warn"] = D("stop", "What a `monitor:` rule's abandon_if does when it fires: "
+                                                         "stop (save a checkpoint, end the run cleanly) or warn")
 
 
 class SmokeCfg(_Strict):
@@ -326,6 +329,33 @@ class HealthCfg(_Strict):
                                         "a step's responses", ge=0.0, le=1.0)
     window: int = D(5, _H + "Smoothing window (steps) shared by the rules", gt=0)
     warn_every: int = D(50, _H + "A finding still firing is repeated every this many steps", gt=0)
+
+
+# A monitor condition: a comparison (`< 0.5`, `>= 2`) or a closed range (`5..9`), numbers as YAML writes them.
+_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+CONDITION_RE = rf"^\s*(?:(?P<op><=|>=|<|>)\s*(?P<x>{_NUM})|(?P<lo>{_NUM})\s*\.\.\s*(?P<hi>{_NUM}))\s*$"
+
+
+class MonitorRule(_Strict):
+    metric: str = D(..., "Metric to watch, by its full name (`actor/entropy`, `critic/score/mean`, "
+                         "`val-core/<source>/acc/mean@<n>`); unknown names are refused against the glossary")
+    step: int | None = D(None, "Check only at this step (else at every step the metric is logged)", gt=0)
+    target: str | None = D(None, "What a healthy run shows: `> 0.1`, `< 120`, `5..9` (reported, never acts)")
+    abandon_if: str | None = D(None, "When to give the run up: `< 0.05`, `> 300`, `0..0.5`; fires at the first "
+                                     "step it holds (trainer.monitor_action: stop | warn)")
+
+    @field_validator("target", "abandon_if")
+    @classmethod
+    def _condition(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(CONDITION_RE, str(v)):
+            raise ValueError(f"{v!r} is no condition: write `< x`, `> x`, `<= x`, `>= x` or a range `a..b`")
+        return None if v is None else str(v).strip()
+
+    @model_validator(mode="after")
+    def _something(self) -> "MonitorRule":
+        if self.target is None and self.abandon_if is None:
+            raise ValueError(f"rule for {self.metric!r} has neither target nor abandon_if")
+        return self
 
 
 class Params(_Strict):
@@ -413,6 +443,8 @@ class Params(_Strict):
     smoke: SmokeCfg = D(SmokeCfg(), "The smoke stage's overrides")
     tracking: TrackingCfg = D(TrackingCfg(), "Where runs are recorded (dvclive, MLflow, W&B, reports)")
     health: HealthCfg = D(HealthCfg(), "Run-health thresholds")
+    monitor: list[MonitorRule] = D([], "Monitoring criteria written before a run: each `{metric, step?, target?, "
+                                       "abandon_if?}`; checked live by the trainer, reported with each rule's status")
 
     @field_validator("exp_name", "project_name")
     @classmethod
@@ -448,6 +480,7 @@ class Params(_Strict):
         data["trainer"].update(total_training_steps=s.total_training_steps, output_dir=s.output_dir,
                                save_freq=0, test_freq=0, save_final=False,
                                validate_at_end=False)
+        data["monitor"] = []  # 2 small steps: the criteria are the real run's
         return Params.model_validate(data)
 
 

@@ -32,10 +32,10 @@ TREE_DVC_YAML = TREE / "dvc.yaml"
 
 # Train-stage keys that do not change a run's weights at a given step (`a.b` names; a group ends
 # with "."): how long it runs, when it saves and validates, what it logs, where and on how many ranks.
-TRAJECTORY_FREE = ("n_gpus_per_node", "nnodes", "tracking.", "val.", *(f"trainer.{k}" for k in (
+TRAJECTORY_FREE = ("n_gpus_per_node", "nnodes", "tracking.", "val.", "monitor", "monitor.", *(f"trainer.{k}" for k in (
     "total_training_steps", "total_epochs", "save_freq", "test_freq", "cpu_threads", "log_samples",
     "save_final", "validate_at_end", "max_ckpt_to_keep", "resume_mode", "export_hf", "launcher",
-    "ray_address", "val_before_train", "early_stop_metric", "early_stop_patience")))
+    "ray_address", "val_before_train", "early_stop_metric", "early_stop_patience", "monitor_action")))
 
 
 class PipelineError(GrpolabError):

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from grpolab.data.rows import write_toy
+from grpolab.metrics import monitor
 from grpolab.params import schema as config
 from grpolab.params.entry import print_params_error, run_stage
 from grpolab.pipeline.demo import run_demo
@@ -86,6 +87,9 @@ def load_or_exit(path: Path) -> config.Params:
             check_functions(p.reward.function)
         except RewardFunctionError as exc:
             raise config.ParamsError(str(path), [str(exc)]) from None
+        bad = monitor.problems(p.monitor)  # rule metrics by the glossary's names
+        if bad:
+            raise config.ParamsError(str(path), bad)
         return p
     except config.ParamsError as exc:
         print_params_error(path, exc)

@@ -78,7 +78,8 @@ def progress_rows(p: Params, reports_dir: Path) -> list[dict]:
             "val": {k: v for k, v in r.data.metrics.items() if k.startswith(health.VAL_PREFIX)},
             "report": reports.get(r.info.run_id, ""),
             "eval_best": eval_best(client, p, r, evals),  # its evaluate run's best step (issue 10)
-            "reuses": "",
+            "reuses": "", "monitor": {k[len("grpolab.monitor."):]: v for k, v in tags.items()
+                                      if k.startswith("grpolab.monitor.")},
         })
     by_id = {r["run"]: r for r in rows}
     for r in reuses:
@@ -100,6 +101,9 @@ def status_of(r: dict) -> str:
     if r.get("reuses"):
         return f"reuses the {steps} steps of run `{short_id(r['reuses'])}` (0 steps trained)"
     cont = f"; continued by run `{short_id(r['continued_by'][0])}`" if r["continued_by"] else ""
+    stop = next((f"`{k}` {v[:-len(': stop')]}" for k, v in r.get("monitor", {}).items() if v.endswith(": stop")), "")
+    if stop and r["status"] == "FINISHED":
+        return f"stopped by monitor rule {stop}, {steps} steps"
     return {"FINISHED": f"done, {steps} steps", "RUNNING": f"running, step {steps}",
             "KILLED": f"killed at step {steps}{cont}", "FAILED": f"failed at step {steps}{cont}"}.get(
         r["status"], f"{r['status'].lower()}, step {steps}{cont}")

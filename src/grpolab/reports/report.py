@@ -21,6 +21,7 @@ from pathlib import Path
 from grpolab.params import schema as config
 from grpolab.reports import diary
 from grpolab.records import gitmeta
+from grpolab.metrics import monitor
 from grpolab.metrics import health
 from grpolab.params.schema import Params
 from grpolab.records import entries, tracking
@@ -192,12 +193,28 @@ def build(p: Params, root: Path, date: str | None = None, plot_name: str | None 
     s += ["", "Derived values:", "", md_table(["Derived", "Value"], [[f"`{k}`", num(v)] for k, v in derived.items()])]
     s += ["", "### Validation", "", md_table(["Check", "Evidence", "Result"], validation_rows(p, c))]
     s += eval_section(p, c.steps)
+    s += monitor_section(p, c.hist, c.train)
     s += ["", "### Git", "", md_table(["Field", "Value"], git_rows(c))]
     s += ["", "### Notes", ""] + [f"- {n}" for n in notes(p, c)]
     if plot_name:
         s += ["", f"![`critic/score/mean` and `actor/entropy` over steps]({plot_name})"]
     s += ["", entries.MARK.format(entries.run_key(c.rec))]
     return "\n".join(s) + "\n"
+
+
+def monitor_section(p: Params, hist: list[dict], train: dict) -> list[str]:
+    """The `monitor:` criteria written before the run, each with its status (grpolab.metrics.monitor)."""
+    if not p.monitor:
+        return []
+    rows = [[f"`{r['rule'].metric}`", str(r["rule"].step or "every step"), f"`{r['rule'].target}`" if r["rule"].target
+             else "-", f"`{r['rule'].abandon_if}`" if r["rule"].abandon_if else "-",
+             f"{num(r['value'])} (step {r['at']})" if r["value"] is not None else "-", r["state"]]
+            for r in monitor.status(p.monitor, hist)]
+    stop = [f for f in train.get("monitor", []) if f.get("action") == "stop"]
+    tail = [f"The run was stopped at step {stop[0]['step']} by the rule on `{stop[0]['metric']}` "
+            f"(`{stop[0]['abandon_if']}`, value {num(stop[0]['value'])}; trainer.monitor_action: stop)."] if stop else []
+    return ["", "### Monitoring criteria", "",
+            md_table(["Metric", "Step", "Target", "Abandon if", "Value", "Status"], rows)] + (["", *tail] if tail else [])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -314,8 +331,11 @@ def validation_rows(p: Params, c: Context) -> list[list]:
         rows += tracking.report_rows(p, train.get("tracking") or {}, train.get("reached", {}),
                                      gitmeta.project_root(c.root))
     done, total = train.get("steps_done", 0), train.get("total_steps", 0)
+    stop = [f for f in train.get("monitor", []) if f.get("action") == "stop"]
     rows.append(["Training progress", reuse_note(c.reused) + provenance(train), "Pass" if total and done == total else
-                 "Pass - stopped early (trainer.early_stop_patience)" if train.get("stopped_early") else "Fail"])
+                 "Pass - stopped early (trainer.early_stop_patience)" if train.get("stopped_early") else
+                 f"Stopped - monitor rule `{stop[0]['metric']}` `{stop[0]['abandon_if']}` fired at step "
+                 f"{stop[0]['step']} (value {num(stop[0]['value'])})" if stop else "Fail"])
     g = _grad_row(p, c)
     if g:
         rows.append(g)

@@ -15,6 +15,7 @@ from pathlib import Path
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from grpolab.data import rows as data
+from grpolab.metrics import monitor
 from grpolab.params.schema import Params
 from grpolab.params.stagedefs import params_fingerprint
 from grpolab.records import entries, gitmeta
@@ -129,6 +130,9 @@ def run_training(p: Params, stage: str, dvclive: bool, checkpoint_dir: Path | No
         if records:
             records.entry("trained", trainer.step, trainer.total_steps())
             start = start_record(trainer)
+            for f in res.monitor:  # which rule fired, at which step, with which value
+                records.tracker.tag({f"grpolab.monitor.{f['metric']}": f"{f['abandon_if']} at step {f['step']} "
+                                                                       f"(value {f['value']:.4g}): {f['action']}"})
             records.tracker.tag({"grpolab.start": start["kind"], "grpolab.start_step": start["step"],
                                  "grpolab.steps_trained": trainer.step - start["step"],
                                  **({"grpolab.reused_from_run": start["mlflow_run_id"]}
@@ -149,7 +153,7 @@ def run_training(p: Params, stage: str, dvclive: bool, checkpoint_dir: Path | No
         "start": start_record(trainer), "steps_trained": res.steps_done - res.resumed_from,
         "checkpoints": trainer.checkpoints(),
         "history": res.history, "val": res.val, "final_dir": str(res.final_dir),
-        "stopped_early": res.stopped_early, "best": res.best,
+        "stopped_early": res.stopped_early, "best": res.best, "monitor": res.monitor,
         "tracking": tracker.ids(), "reached": tracker.reached, "device": str(trainer.device),
         "world_size": trainer.ctx.world, "skipped_rows": trainer.skipped,
         "samples": getattr(trainer, "samples", []),
@@ -165,9 +169,13 @@ def check_engine(p: Params) -> None:
 
 
 def check_data(p: Params) -> None:
-    """Data files exist and hold usable rows, before any model loads (DataError names file and row)."""
+    """Data files exist and hold usable rows, before any model loads (DataError names file and row);
+    the reward functions import; the `monitor:` rules name metrics that exist."""
     data.check_files(p.data.train_files, p.data.val_files, p.data.skip_bad_rows)
     check_functions(p.reward.function)  # a user reward that cannot be imported fails here
+    bad = monitor.problems(p.monitor)
+    if bad:
+        raise StageFailed("\n".join(bad))
 
 
 def device_memory_gb(p: Params, device: str) -> float:
@@ -210,6 +218,7 @@ def smoke_checks(p: Params, summary: dict) -> dict:
 
 def smoke(p: Params) -> None:
     """2 steps with the smoke overrides, on as many ranks as the recipe; fails on a failed check."""
+    check_data(p)  # the recipe's own rules too (the smoke run itself is not monitored)
     sp = p.with_smoke()
     check_engine(sp)
     check_data(sp)

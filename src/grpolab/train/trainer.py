@@ -39,7 +39,7 @@ from grpolab.train import algo
 from grpolab.train import checkpoint
 from grpolab.data import rows as data
 from grpolab.train import dist
-from grpolab.metrics import health
+from grpolab.metrics import health, monitor
 from grpolab.metrics import glossary
 from grpolab.model import load as models
 from grpolab.train import packing
@@ -60,6 +60,7 @@ class TrainResult:
     resumed_from: int = 0
     stopped_early: bool = False  # early_stop_patience validations without a new best
     best: dict = field(default_factory=dict)  # {step, metric, value, dir} of the best validation
+    monitor: list[dict] = field(default_factory=list)  # abandon-ifs that fired (grpolab.metrics.monitor)
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -498,6 +499,19 @@ class Trainer:
                 for s in sorted(set(self.reused) | set(self.own))
                 if (self.checkpoint_dir / f"{checkpoint.PREFIX}{s}").exists()]
 
+    def check_monitor(self, m: dict, res: TrainResult) -> bool:
+        """The `monitor:` abandon-ifs that fire at this step, each reported once (and kept in `res`);
+        True when one fired now."""
+        new = [f for f in monitor.fired(self.p.monitor, self.step, m)
+               if not any(x["metric"] == f.rule.metric and x["abandon_if"] == f.rule.abandon_if for x in res.monitor)]
+        action = self.p.trainer.monitor_action
+        for f in new:
+            res.monitor.append(f.record(action))
+            if self.ctx.main:  # the metrics are every rank's, reduced: each rank decides the same
+                self.warn(f"{f.text()}: " + ("stopping the run after a checkpoint (trainer.monitor_action: stop)"
+                                             if action == "stop" else "going on (trainer.monitor_action: warn)"))
+        return bool(new)
+
     def fit(self) -> TrainResult:
         """Resume where this run's trajectory allows (`try_resume`), tell `hooks.start`, then train to
         `total_steps()`, validating, logging and saving as params say."""
@@ -533,8 +547,13 @@ class Trainer:
                     hooks.log(m, self.step)
                 if hooks.progress:
                     hooks.progress(self.step, total, m)
-                if p.trainer.save_freq and self.step % p.trainer.save_freq == 0:
+                saved = bool(p.trainer.save_freq and self.step % p.trainer.save_freq == 0)
+                if saved:
                     self.save_checkpoint()
+                if self.check_monitor(m, res) and p.trainer.monitor_action == "stop":
+                    if not saved:  # stop cleanly: this step's weights are kept
+                        self.save_checkpoint()
+                    break
                 if res.stopped_early:
                     break
             res.val = self.validate() if p.trainer.validate_at_end else {}
