@@ -196,6 +196,8 @@ def test_one_parent_run_per_experiment_and_views_that_change_no_output(campaign)
     diary = sh(["grpolab", "diary"], ws, env, logs, "diary").stdout
     exps = sh(["grpolab", "exps", "--md"], ws, env, logs, "exps").stdout
     sh(["grpolab", "compare"], ws, env, logs, "compare")
+    summary = sh(["grpolab", "summary", "short", "longer", "fresh"], ws, env, logs, "summary").stdout
+    post = sh(["grpolab", "postmortem", "longer", "--steps", "1,6"], ws, env, logs, "postmortem").stdout
     assert _status(campaign) == before
     assert sh(["git", "status", "--porcelain"], ws, env, logs, "git1").stdout == git_before
     entries = [line for line in diary.splitlines() if line.startswith("- ")]
@@ -209,6 +211,16 @@ def test_one_parent_run_per_experiment_and_views_that_change_no_output(campaign)
     assert "eval/best_step" in header and "eval/best/" in header, header  # the held-out numbers
     for name in ("short", "longer", "fresh"):
         assert f"[{name}]" in exps
+    # the campaign summary: exactly the params that differ across the three, one row each with a verdict
+    head = next(line for line in summary.splitlines() if line.startswith("| Experiment"))
+    cols = [c.strip() for c in head.strip("|").split("|")]
+    params = cols[1:cols.index("Steps")]
+    assert params == ["`trainer.resume_mode`", "`trainer.total_training_steps`"], head
+    assert sum(1 for line in summary.splitlines() if line.startswith(("| short", "| longer", "| fresh"))) == 3
+    assert (ws / "views" / "summary.md").exists() and (ws / "views" / "postmortem-longer.md").exists()
+    assert post.startswith("## Post-mortem: longer") and "Verdict: " in post
+    rows = [line.split("|")[1].strip() for line in post.splitlines() if line.startswith("| ") and "Step" not in line]
+    assert rows == ["1", "6"], post
 
 
 def test_applying_an_experiment_brings_its_own_records(campaign):

@@ -86,8 +86,39 @@ def test_a_rule_that_must_fire_stops_the_run_at_its_first_check(tmp_path, monkey
     assert "### Monitoring criteria" in text and "abandon: fired at step 1" in text
     assert "not reached (run ended at step 1)" in text  # the step-3 rule
     assert "Stopped - monitor rule `actor/entropy` `< 1000` fired at step 1" in text
+    # the post-mortem section says the same in one line
+    assert "### Post-mortem" in text and "Verdict: stopped at step 1 by monitor rule `actor/entropy` `< 1000`" in text
     from grpolab.reports import diary
 
     index = (tmp_path / "reports" / "index.md").read_text()
     assert "stopped by monitor rule `actor/entropy` < 1000 at step 1" in index and "1/4 steps" in index
     assert diary.status_of({"status": "FINISHED", "steps": 4, "total": "4", "continued_by": []}) == "done, 4/4 steps"
+
+
+def test_postmortem_finds_where_it_went_wrong_and_the_summary_names_outcomes():
+    from grpolab.metrics import health
+    from grpolab.reports import postmortem
+
+    hist = [{"step": s, "actor/entropy": 2.9 if s < 14 else 0.05, "critic/score/mean": 0.1 * min(s, 10) / 10,
+             "response_length/mean": 300.0} for s in range(1, 21)]
+    p = {"trainer.total_training_steps": 20}
+    text = postmortem.postmortem("v3", hist, p, steps=[1, 9, 14, 17, 99])
+    assert text.startswith("## Post-mortem: v3")
+    import re
+
+    assert re.search(r"\| 14 +\| 0\.05 ", text) and "Steps not in this run's history: 99." in text
+    findings = health.check(hist, p)
+    step, line = postmortem.verdict(hist, findings, params=p)
+    # where health first flags it: within its smoothing window (health.window = 5) of the drop at step 14,
+    # not the last step the finding shows at
+    assert 14 <= step <= 18 and line.startswith(f"entropy collapse at step {step}")
+    assert postmortem.default_steps(hist, findings, p) == [1, step, 20]
+    tags = {"grpolab.monitor.actor/entropy": "< 2 at step 14 (value 0.05): stop", "other": "x"}
+    mon = postmortem.monitor_from_tags(tags)
+    assert mon == [{"metric": "actor/entropy", "abandon_if": "< 2", "step": 14, "value": 0.05, "action": "stop"}]
+    assert postmortem.verdict(hist, findings, mon)[1].startswith("stopped at step 14 by monitor rule")
+    rows = [{"label": "v3", "params": {"entropy_coeff": 0.01, "lr": 1e-6}, "history": hist,
+             "metrics": {"eval/best_step": 10, "eval/best/avg@4": 0.4}, "verdict": line}]
+    table = postmortem.summary_table(rows, ["entropy_coeff"])
+    assert "`entropy_coeff`" in table and "`lr`" not in table
+    assert "0.1 (step 10)" in table and "0.05 (step 20)" in table and "0.4 `avg@4` (step 10)" in table

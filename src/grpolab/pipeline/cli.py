@@ -10,6 +10,8 @@
     grpolab compare [EXP ...]              experiments side by side, with plots
     grpolab exps                           `dvc exp show` narrowed to what experiments are compared on
     grpolab diary [--out views]            index.md + progress.md of every run in the MLflow store
+    grpolab postmortem EXP                 a run's metrics at chosen steps, where it went wrong, a verdict
+    grpolab summary [EXP ...]              the campaign table: params that differ, outcomes, verdicts
     grpolab demo --workdir demo/           a fresh git+DVC workspace running the whole pipeline on CPU
 """
 from __future__ import annotations
@@ -217,6 +219,76 @@ def diary_cmd(path: Path = ParamsFile,
         raise typer.Exit(1)
     print(written[-1].read_text(), end="")
     err.print("wrote " + ", ".join(map(str, written)), highlight=False)
+
+
+def _experiments(names: list[str], metrics: list[str], all_commits: bool = True):
+    """(root, the named experiments (default: all of HEAD) with their MLflow histories)."""
+    from grpolab.reports import compare as cmp
+    from grpolab.records.gitmeta import project_root
+
+    root = project_root(Path.cwd())
+    try:
+        exps = cmp.select(cmp.dvc_experiments(root, all_commits and bool(names)), names)
+    except CompareError as exc:
+        err.print(f"[red]error[/]: {exc}", highlight=False)
+        raise typer.Exit(1)
+    uri = cmp.mlflow_uri_for(root)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        err.print(f"[red]error[/]: no MLflow store at {uri}: the histories are read from it", highlight=False)
+        raise typer.Exit(1)
+    cmp.attach_mlflow(exps, uri, metrics)
+    return root, exps
+
+
+def _write_view(root: Path, name: str, text: str) -> None:
+    out = root / VIEWS_DIR / name  # never into reports/, a DVC output
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(text, end="")
+    err.print(f"wrote {out}", highlight=False)
+
+
+@app.command("postmortem")
+def postmortem_cmd(exp: str = typer.Argument(..., help="experiment (name, branch or rev)"),
+                   steps: Optional[str] = typer.Option(None, help="steps, e.g. 1,9,14,17 (default: first, last "
+                                                                  "and where health found something)"),
+                   metrics: Optional[str] = typer.Option(None, help="metrics, comma-separated (default: entropy, "
+                                                                    "score, correct, solve_none, KL loss, length)")) -> None:
+    """One run's chosen metrics at chosen steps, where it went wrong and a one-line verdict."""
+    from grpolab.reports import compare as cmp, postmortem
+
+    try:
+        chosen = [int(x) for x in steps.split(",") if x.strip()] if steps else None
+    except ValueError:
+        err.print(f"[red]error[/]: --steps {steps!r}: give step numbers separated by commas, e.g. 1,9,14,17")
+        raise typer.Exit(2)
+    names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else list(postmortem.METRICS)
+    root, [e] = _experiments([exp], names)
+    if not e.history:
+        err.print(f"[red]error[/]: {e.label}: no MLflow train run found for it (nothing to look back on)")
+        raise typer.Exit(1)
+    text = postmortem.postmortem(e.label, cmp.history_dicts(e), e.params, chosen, names,
+                                 postmortem.monitor_from_tags(e.tags))
+    _write_view(root, f"postmortem-{cmp.slug(e.name)}.md", text)
+
+
+@app.command("summary")
+def summary_cmd(exps: Optional[list[str]] = typer.Argument(None, help="experiments (default: all of HEAD)")) -> None:
+    """The campaign table: params that differ, outcome figures (peak score, entropy near step 100, best
+    held-out score), and each experiment's verdict."""
+    from grpolab.reports import compare as cmp, postmortem
+    from grpolab.metrics import health
+
+    root, chosen = _experiments(list(exps or []), [])
+    rows = []
+    for e in chosen:
+        hist = cmp.history_dicts(e)
+        rows.append({"label": e.label, "params": e.params, "history": hist, "metrics": e.metrics,
+                     "verdict": postmortem.verdict(hist, health.check(hist, e.params),
+                                                   postmortem.monitor_from_tags(e.tags), e.params)[1]
+                     if hist else "no MLflow run"})
+    text = "# Campaign summary\n\n" + postmortem.summary_table(rows, cmp.differing_params(chosen)) + "\n"
+    _write_view(root, "summary.md", text)
 
 
 @app.command("exps")

@@ -48,6 +48,7 @@ class Exp:
     run_id: str = ""
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     eval_steps: dict[int, dict] = field(default_factory=dict)  # the evaluate stage's steps.json
+    tags: dict[str, str] = field(default_factory=dict)  # its MLflow train run's tags
 
     @property
     def label(self) -> str:
@@ -156,7 +157,7 @@ def attach_mlflow(exps: list[Exp], uri: str, metrics: list[str]) -> None:
             continue
         run = cand[0]  # newest
         used.add(run.info.run_id)
-        e.run_id = run.info.run_id
+        e.run_id, e.tags = run.info.run_id, dict(run.data.tags)
         for m in dict.fromkeys([*metrics, *HEALTH_KEYS]):
             hist = {}
             for pt in client.get_metric_history(run.info.run_id, mlflow_key(m)):

@@ -152,6 +152,8 @@ def write_index(p: Params, reports_dir: Path, rows: list[dict], out: Path, link:
         lines.append(f"- [{title[3:]}]({link}{f.name})")
     if (out / "progress.md").exists():
         lines += ["", "Best result of every run: [progress.md](progress.md)"]
+    if (out / "summary.md").exists():  # `grpolab summary` writes it beside the diary view
+        lines += ["", "Campaign summary (params that differ, outcomes, verdicts): [summary.md](summary.md)"]
     idx = out / "index.md"
     idx.write_text("\n".join(lines) + "\n")
     return idx

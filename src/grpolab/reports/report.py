@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from grpolab.params import schema as config
-from grpolab.reports import diary
+from grpolab.reports import diary, postmortem
 from grpolab.records import gitmeta
 from grpolab.metrics import monitor
 from grpolab.metrics import health
@@ -194,6 +194,7 @@ def build(p: Params, root: Path, date: str | None = None, plot_name: str | None 
     s += ["", "### Validation", "", md_table(["Check", "Evidence", "Result"], validation_rows(p, c))]
     s += eval_section(p, c.steps)
     s += monitor_section(p, c.hist, c.train)
+    s += postmortem.section(c.hist, p, c.train.get("monitor"))
     s += ["", "### Git", "", md_table(["Field", "Value"], git_rows(c))]
     s += ["", "### Notes", ""] + [f"- {n}" for n in notes(p, c)]
     if plot_name:
