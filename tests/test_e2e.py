@@ -175,6 +175,7 @@ def test_plots_are_titled_with_full_metric_names(demo_dir):
     assert r.returncode == 0, r.stderr
     plots = json.loads(r.stdout)["data"]
     assert "critic/score/mean" in plots and "response_length/mean" in plots
+    assert "eval/held-out" in plots  # the evaluate stage's held-out score per checkpoint (README: DVC plots)
     for name, entries in plots.items():
         content = entries[0]["content"]
         assert content["title"]["text"] == name and "/" in name, name

@@ -17,7 +17,8 @@ found verl's in-training weights and the saved checkpoint disagree, and evaluate
    `eval/<data_source>/{avg@k, pass@1..k, maj@k, len_median, len_p95, boxed, repeat20, truncated}`.
 
 Writes under `val.output_dir`: `responses/step_<N>.jsonl` (one row per response, re-scorable with
-`grpolab score`), `steps.json` (every step's metrics, DVC plots), `metrics.json` (DVC metrics: the
+`grpolab score`), `steps.json` (every step's metrics), `curve.json` (the mean over data sources of
+`val.select_metric` per step, as field `held_out`: the DVC plot `eval/held-out`), `metrics.json` (DVC metrics: the
 last step's with `eval/step`, and `eval/best_step`, `eval/best/<metric>` by `val.select_metric`). Metrics go to MLflow / W&B at the
 checkpoint's step in the run `<exp>-evaluate`, with a table of `val.log_samples` responses per step.
 """
@@ -203,6 +204,9 @@ def evaluate(p: Params, console) -> dict:
     metric = select_metric(p)
     best = evaluation.best_step(steps, metric)
     write_json(out / "steps.json", [{"step": s, **m} for s, m in sorted(steps.items())])
+    # `dvc plots`: the held-out score over checkpoints under one field name, whatever val.n and the data sources
+    write_json(out / "curve.json", [{"step": s, "held_out": evaluation.selection_value(m, metric)}
+                                    for s, m in sorted(steps.items())])
     last = max(steps)
     metrics = {"eval/step": last, **steps[last]}  # namespaced: dvclive's metrics.json has its own `step`
     if best:
