@@ -139,7 +139,11 @@ def test_progress_lists_every_train_run_with_its_best(shared):
     for r in (r for r in md_rows_of(text) if r[0].startswith("20")):
         assert re.fullmatch(r"\d(\.\d+)? \([024]\)", r[col]), r
     index = (ws / "reports" / "index.md").read_text()
-    assert "progress.md" in index and sum(x.startswith("- [") for x in index.splitlines()) == 3
+    # the diary from the MLflow store: every train run, whichever commit holds its report
+    entries = [x for x in index.splitlines() if x.startswith("- ")]
+    assert "progress.md" in index and len(entries) == 3, index
+    t12 = next(x for x in entries if "`t12`" in x)
+    assert "done, 4/4 steps" in t12 and "git show " in t12 and "-t12.md" in t12  # its report is in its commit
 
 
 def md_rows_of(text):
