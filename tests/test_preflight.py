@@ -201,6 +201,25 @@ def test_cli_refuses_full_vocabulary_logits_and_accepts_the_seed_recipe(tmp_path
 
 
 def test_cli_without_a_model_config_says_where_it_looked(tmp_path):
-    (tmp_path / "params.yaml").write_text("{}\n")
+    (tmp_path / "params.yaml").write_text("model: {path: someone/unknown-model}\n")
     r = _cli("params.yaml", cwd=tmp_path)
     assert r.returncode == 2 and "no model config.json found" in r.stderr and "--model-config" in r.stderr
+
+
+def test_the_recipe_is_checked_before_its_download(tmp_path):
+    """A fresh clone: `params check -> preflight -> dvc repro` works in that order; the recipe's model
+    shape is known by name, and the estimate equals the one from the downloaded config."""
+    import json
+
+    from grpolab.model.load import KNOWN_CONFIGS
+
+    (tmp_path / "params.yaml").write_text("{}\n")  # the recipe's defaults: Qwen/Qwen3-0.6B-Base
+    r = _cli("params.yaml", cwd=tmp_path)
+    assert r.returncode == 0 and "fits" in r.stdout, r.stdout + r.stderr
+    d = tmp_path / "models" / "Qwen3-0.6B-Base"
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps(KNOWN_CONFIGS["Qwen/Qwen3-0.6B-Base"]))
+    after = _cli("params.yaml", cwd=tmp_path).stdout
+    assert "the known shape of Qwen/Qwen3-0.6B-Base (not downloaded yet)" in r.stdout
+    assert "models/Qwen3-0.6B-Base/config.json" in after
+    assert after.splitlines()[2:] == r.stdout.splitlines()[2:]  # the same estimate, row by row

@@ -28,6 +28,9 @@ BUILTIN_06B = "builtin:qwen3-0.6b-random"  # Qwen3-0.6B's shape, random weights:
 QWEN3_06B_SHAPE = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
                        num_attention_heads=16, num_key_value_heads=8, head_dim=128,
                        max_position_embeddings=40960, rope_theta=1_000_000.0, tie_word_embeddings=True)
+# Models whose architecture is known before any download (preflight on a fresh clone): hub id -> config.
+KNOWN_CONFIGS = {name: {**QWEN3_06B_SHAPE, "model_type": "qwen3"}
+                 for name in ("Qwen/Qwen3-0.6B-Base", "Qwen/Qwen3-0.6B", BUILTIN_06B)}
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -58,6 +58,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from grpolab.model.load import KNOWN_CONFIGS
 from grpolab.rollout.engine import engine_class
 from grpolab.util import GrpolabError
 
@@ -105,12 +106,16 @@ def shape(c: dict) -> dict:
 
 def find_model_config(p, model_config: str | Path | None = None) -> tuple[dict, str]:
     """(config dict, where it came from): --model-config, else <model.local_dir>/config.json, else
-    model.path when it is a local directory."""
+    model.path when it is a local directory, else the known shape of a model grpolab knows by name
+    (`grpolab.model.load.KNOWN_CONFIGS`: the recipe's Qwen3-0.6B-Base), so preflight runs before the
+    download."""
     tries = [Path(model_config)] if model_config else [Path(p.model.local_dir), Path(p.model.path)]
     for t in tries:
         f = t / "config.json" if t.is_dir() else t
         if f.is_file():
             return json.loads(f.read_text()), str(f)
+    if not model_config and p.model.path in KNOWN_CONFIGS:  # before the download: the architecture is known
+        return dict(KNOWN_CONFIGS[p.model.path]), f"the known shape of {p.model.path} (not downloaded yet)"
     where = ", ".join(str(t) for t in tries)
     raise PreflightError(f"no model config.json found (looked in: {where}); run the download stage "
                          f"(`dvc repro download`) or pass --model-config path/to/config.json")
