@@ -239,3 +239,45 @@ def test_an_edit_reruns_only_the_stages_that_run_the_edited_code(demo_dir, tmp_p
     trainer = ws / "src" / "grpolab" / "train" / "trainer.py"
     trainer.write_text(trainer.read_text() + "\n# a comment\n")
     assert _dvc_status(ws) == {"smoke", "train", "evaluate", "report"}
+
+
+# How the test runs each command of the README's Commands block on a copy of the demo workspace, and
+# what the README says it prints or writes. A command the README adds must be added here.
+README_RUNS = {
+    "params check": (["params", "check", "params.yaml"], "valid", None),
+    "params check --explain": (["params", "check", "--explain", "lr"], "lr: ", None),
+    "preflight": (["preflight", "params.yaml"], "fits", None),
+    "compare": (["compare"], "Experiment", "views/compare.md"),
+    "report": (["report"], "", "reports/index.md"),
+    "exps": (["exps"], "Experiment", None),
+    "diary": (["diary"], "Experiment reports", "views/index.md"),
+    "postmortem": (["postmortem", "main", "--steps", "1,20"], "Verdict: ", "views/postmortem-main.md"),
+    "summary": (["summary"], "Campaign summary", "views/summary.md"),
+    "--version": (["--version"], "grpolab ", None),
+    "score": (["score", "results/eval/responses/step_0.jsonl", "--workers", "1"], '"score"', None),
+    "data toy": (["data", "toy", "--out", "toydata"], "", "toydata/train.json"),
+    "demo": None,  # the demo itself: this module's fixture
+}
+
+
+def test_every_readme_command_does_what_the_readme_says(demo_dir, tmp_path):
+    import shutil
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Commands", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    shown = [line.split("#")[0].split() for line in block.splitlines() if line.startswith("grpolab ")]
+    names = {" ".join(w for w in words[1:] if re.fullmatch(r"[a-z]+|--explain|--version", w)) for words in shown}
+    assert names == set(README_RUNS), f"README commands without a check here: {names ^ set(README_RUNS)}"
+    ws = tmp_path / "ws"
+    shutil.copytree(demo_dir, ws, symlinks=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for name, run in README_RUNS.items():
+        if run is None:
+            continue
+        args, says, writes = run
+        r = subprocess.run(["grpolab", *args], cwd=ws, capture_output=True, text=True, env=env)
+        assert r.returncode == 0, (name, r.stdout[-2000:], r.stderr[-2000:])
+        assert says in r.stdout + r.stderr, (name, r.stdout[-2000:])
+        assert "Traceback" not in r.stderr, (name, r.stderr[-2000:])
+        if writes:
+            assert (ws / writes).exists(), (name, writes)

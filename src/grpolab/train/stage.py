@@ -170,10 +170,17 @@ def check_engine(p: Params) -> None:
 
 def check_data(p: Params) -> None:
     """Data files exist and hold usable rows, before any model loads (DataError names file and row);
-    the reward functions import; the `monitor:` rules name metrics that exist."""
+    the reward functions import; the `monitor:` rules name metrics that exist; the output folders can
+    be written (a read-only `reports/` would otherwise fail only after training)."""
     data.check_files(p.data.train_files, p.data.val_files, p.data.skip_bad_rows)
     check_functions(p.reward.function)  # a user reward that cannot be imported fails here
     bad = monitor.problems(p.monitor)
+    for d in (p.tracking.reports_dir, p.trainer.output_dir, p.tracking.dvclive_dir):
+        path = Path(d)
+        if path.exists() and not path.is_dir():
+            bad.append(f"{d}: a file is in the way of the run's output folder; move it away")
+        elif path.exists() and not os.access(path, os.W_OK | os.X_OK):
+            bad.append(f"{d}: not writable by this user; the run could not record into it (chmod u+w {d})")
     if bad:
         raise StageFailed("\n".join(bad))
 

@@ -42,6 +42,7 @@ from grpolab.train import dist
 from grpolab.metrics import health, monitor
 from grpolab.metrics import glossary
 from grpolab.model import load as models
+from grpolab.util import StageFailed
 from grpolab.train import packing
 from grpolab.train import validation
 from grpolab.train.passes import (apply_liger, checkpoint_layers, compile_layers, forward_logp, logp_all,
@@ -427,10 +428,15 @@ class Trainer:
         if getattr(self.model.config, "tie_word_embeddings", False):
             sd.pop("lm_head.weight", None)  # stored once, as the embedding
         if self.ctx.main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            self.model.save_pretrained(out_dir, state_dict=sd)
-            self.tok.save_pretrained(out_dir)
-            (out_dir / "trainer_state.json").write_text(json.dumps({"step": self.step}) + "\n")
+            try:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                self.model.save_pretrained(out_dir, state_dict=sd)
+                self.tok.save_pretrained(out_dir)
+                (out_dir / "trainer_state.json").write_text(json.dumps({"step": self.step}) + "\n")
+            except Exception as exc:  # disk full (safetensors' own error type), a file in the way, ...
+                raise StageFailed(f"writing the Hugging Face export {out_dir} failed ({type(exc).__name__}: "
+                                  f"{exc}); the run's checkpoints are intact: free space (or clear the path) and "
+                                  f"rerun the same command, it resumes from the newest checkpoint") from None
         dist.barrier()
         return out_dir
 
