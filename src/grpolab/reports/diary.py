@@ -86,8 +86,10 @@ def progress_rows(p: Params, reports_dir: Path) -> list[dict]:
         tags, train = r.data.tags, by_id.get(r.data.tags.get("grpolab.reused_train_run", ""))
         if train is None:
             continue
-        rows.append({**train, "run": r.info.run_id, "status": r.info.status, "continued_by": [],
-                     "report_path": tags.get("grpolab.report", ""), "report": reports.get(r.info.run_id, ""),
+        key = tags.get("grpolab.report_key", "")
+        rows.append({**train, "run": r.info.run_id, "status": r.info.status, "continued_by": [], "key": key,
+                     "report_path": tags.get("grpolab.report", ""),
+                     "report": reports.get(r.info.run_id) or reports.get(key, ""),
                      "started": dt.datetime.fromtimestamp(r.info.start_time / 1000).isoformat(timespec="minutes"),
                      "exp": tags.get("dvc.exp_name") or "(workspace)", "exp_name": tags.get("grpolab.exp_name", ""),
                      "commit": run_commit(client, r, root)[:7], "reuses": train["run"]})
@@ -137,7 +139,7 @@ def write_index(p: Params, reports_dir: Path, rows: list[dict], out: Path, link:
         best = f"best held-out `{metric}` {num(r['eval_best'][1])} (step {r['eval_best'][0]})" if r["eval_best"] else \
             "not evaluated"
         what = f"{r['started']} {r['exp_name']}" + (f" `{r['exp']}`" if r["exp"] != "(workspace)" else "")
-        f = here.get(r["run"])
+        f = here.get(r["run"]) or here.get(r.get("key"))
         if f:
             where = f"[{f.name}]({link}{f.name})"
         elif r["report_path"] and r["commit"]:
@@ -145,7 +147,7 @@ def write_index(p: Params, reports_dir: Path, rows: list[dict], out: Path, link:
         else:
             where = "no report yet"
         lines.append(f"- {what} — {status_of(r)}, {best} — {where} (MLflow run `{short_id(r['run'])}`)")
-    known = {r["run"] for r in rows}
+    known = {r["run"] for r in rows} | {r["key"] for r in rows if r.get("key")}
     rest = sorted(((f.stat().st_mtime, f) for k, f in here.items() if k not in known), reverse=True)
     for _, f in rest:
         title = next((ln for ln in f.read_text().splitlines() if ln.startswith("## ")), f"## {f.name}")

@@ -51,7 +51,8 @@ def reuse_run(p: Params, root: Path, record: dict) -> str | None:
         exp_id = client.get_run(reused).info.experiment_id
         tags = {**gitmeta.run_tags(Path.cwd(), ignore=stagedefs.output_paths(p)), **mlflow_runs.process_tags(),
                 "grpolab.stage": "report", "grpolab.exp_name": p.exp_name, "grpolab.reused_train_run": reused,
-                "grpolab.start": "reused", "grpolab.steps_trained": "0"}
+                "grpolab.start": "reused", "grpolab.steps_trained": "0",
+                "grpolab.report_key": entries.run_key(record)}  # its report's marker (the report names no run id)
         owner = dvc_process()
         if owner:
             parent = mlflow_runs.pipeline_parent(client, exp_id, owner, record["dvc_exp_name"], tags)
