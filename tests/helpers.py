@@ -14,8 +14,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from grpolab.pipeline.demo import DEMO_OVERRIDES, make_workspace
+from grpolab.pipeline import demo
+from grpolab.pipeline.demo import make_workspace
 from grpolab.util import deep_merge
+
+# The tests' scale: the demo's tiny model, toy data and CPU with small batches (8 prompts x 8, one PPO
+# epoch) and the recipe's loss settings: quick, and what the tests' expectations were measured on.
+# The demo itself (`grpolab demo`, tests/test_e2e.py) runs demo.DEMO_OVERRIDES: the learning recipe.
+DEMO_OVERRIDES = deep_merge(copy.deepcopy(demo.DEMO_OVERRIDES), {
+    "train_prompt_bsz": 8, "train_prompt_mini_bsz": 4, "n_resp_per_prompt": 8, "max_response_length": 16,
+    "lr": 2.0e-3, "lr_warmup_steps": 2, "weight_decay": 0.1, "grad_clip": 1.0, "ppo_epochs": 1,
+    "kl_loss_coef": 0.001, "rollout": {"hf_prompts_per_call": 1}, "val": {"max_prompts": 16},
+    "trainer": {"total_training_steps": 20, "ppo_micro_batch_size_per_gpu": 32, "cpu_threads": 1}})
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -13,9 +13,9 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, env_for, md_row, sh
+from helpers import DEMO_OVERRIDES, ROOT, env_for, md_row, sh
 
-from grpolab.pipeline.demo import DEMO_OVERRIDES, make_workspace
+from grpolab.pipeline.demo import make_workspace
 from grpolab.util import deep_merge
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("campaign")]

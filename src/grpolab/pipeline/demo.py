@@ -28,21 +28,26 @@ from grpolab.reports.compare import exp_show_args
 MARKER = ".grpolab-demo"
 console = Console(stderr=True, soft_wrap=True)
 
-# The recipe, shrunk to the tiny model, toy data and a 2-core CPU.
+# The recipe, shrunk to the tiny model, toy data and a 2-core CPU, with the learning test's settings
+# (tests/test_learning.py: found by measurement) at 30 steps, so the demo shows GRPO working: on 2026-12-04
+# (2 cores) the training score went ~0.05 -> ~0.2 and the held-out avg@2 0.016 (step 15) -> 0.23 (step 30).
+# kl_loss_coef 0.3 keeps the answer format intact, grad_clip 0.05 bounds the rare spikes of a near-
+# deterministic policy, 16 x 16 responses per step give the groups enough spread to learn from.
 DEMO_OVERRIDES = {
     "exp_name": "demo-tiny-qwen3",
     "project_name": "grpolab-demo",  # the MLflow experiment / W&B project: never the recipe's
     "request": "Demo: GRPO on the built-in tiny Qwen3 model and toy arithmetic, on CPU",
-    "n_gpus_per_node": 1, "train_prompt_bsz": 8, "train_prompt_mini_bsz": 4, "n_resp_per_prompt": 8,
-    "max_prompt_length": 64, "max_response_length": 16, "lr": 2.0e-3, "lr_warmup_steps": 2,
-    "ppo_epochs": 1,
+    "n_gpus_per_node": 1, "train_prompt_bsz": 16, "train_prompt_mini_bsz": 16, "n_resp_per_prompt": 16,
+    "max_prompt_length": 64, "max_response_length": 12, "lr": 3.0e-3, "lr_warmup_steps": 0,
+    "weight_decay": 0.0, "grad_clip": 0.05, "ppo_epochs": 2, "kl_loss_coef": 0.3, "kl_loss_type": "low_var_kl",
+    "entropy_coeff": 0.0,
     "model": {"path": "builtin:tiny-qwen3", "local_dir": "models/tiny-qwen3", "dtype": "float32",
               "gradient_checkpointing": False},
     "data": {"source": "toy", "toy_train_size": 256, "toy_val_size": 32},
-    "rollout": {"engine": "hf"},
-    "val": {"n": 2, "max_prompts": 16},
-    "trainer": {"total_training_steps": 20, "save_freq": 10, "test_freq": 10, "device": "cpu",
-                "ppo_micro_batch_size_per_gpu": 32},
+    "rollout": {"engine": "hf", "hf_prompts_per_call": 16},
+    "val": {"n": 2, "max_prompts": 32},
+    "trainer": {"total_training_steps": 30, "save_freq": 10, "test_freq": 10, "device": "cpu",
+                "ppo_micro_batch_size_per_gpu": 256, "cpu_threads": 2},
     "smoke": {"train_prompt_bsz": 4, "train_prompt_mini_bsz": 2, "n_resp_per_prompt": 4,
               "max_prompt_length": 64, "max_response_length": 16},
 }
