@@ -10,6 +10,12 @@ vllm` (bf16 sampling; the trainer stays fp32), a small `gpu_memory_utilization` 
 model), `enforce_eager` (no CUDA graphs to capture for 12-token responses), `trainer.device: cuda`
 and compilation off. With GRPOLAB_LEARNING_RECORD=path the two curves are written there as JSON.
 
+Environment overrides (issue 23; unset = the recipe as above, unchanged):
+GRPOLAB_KV_CACHE_DTYPE=fp8 (or fp8_e4m3, fp8_e5m2, auto) sets `rollout.kv_cache_dtype`, handed to vLLM as is;
+it is then recorded in the JSON record (`kv_cache_dtype`) and in each run's extras.
+GRPOLAB_LEARNING_PROGRESS=1 prints one line per step (score, log-prob gap), so that a run cut short by a
+time limit still shows how far it got.
+
 Each run trains in a fresh process (spawn): vLLM's sleep-mode allocator (CuMem) allows one engine per
 process, so a second Trainer with the vLLM engine in the same process fails ("CuMem allocator can only
 be used for one instance per process"; seen on the H200 on 2026-12-03, when both runs shared one).
@@ -30,32 +36,50 @@ import torch
 
 import test_learning as tl
 from test_learning import toy_setup  # noqa: F401  (the shared fixture: tiny model + toy data)
+from grpolab.train.trainer import Hooks
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available() or importlib.util.find_spec("vllm") is None, reason="needs CUDA and vLLM")]
 
 CURVES: dict[str, list[float]] = {}
+KV_CACHE_DTYPE = os.environ.get("GRPOLAB_KV_CACHE_DTYPE") or None  # None: the recipe's own (`auto`)
 
 
 def gpu_recipe(model_dir: Path, data_dir: Path, out_dir: Path):
     raw = tl.recipe(model_dir, data_dir, out_dir).model_dump(mode="json")
     raw["rollout"].update(engine="vllm", gpu_memory_utilization=0.05, enforce_eager=True)
+    if KV_CACHE_DTYPE is not None:
+        raw["rollout"]["kv_cache_dtype"] = KV_CACHE_DTYPE
     raw["trainer"].update(device="cuda", use_torch_compile=False)
     return tl.config.validate(raw)
+
+
+def _progress(step: int, total: int, m: dict) -> None:
+    print(f"step {step}/{total}: score {m.get('critic/score/mean'):.4f} "
+          f"logprob_diff_mean {m.get('rollout/logprob_diff_mean')} "
+          f"logprob_diff_max {m.get('rollout/logprob_diff_max')} step_s {m.get('timing_s/step')}", flush=True)
 
 
 def _train(model_dir: str, data_dir: str, out_dir: str, advantage_sign: float) -> tuple[list[float], dict]:
     """One 100-step run with the vLLM engine (in the child process)."""
     p = gpu_recipe(Path(model_dir), Path(data_dir), Path(out_dir))
     t0 = time.perf_counter()
-    trainer = tl.Trainer(p, model_dir, advantage_sign=advantage_sign, warn=print)
+    if os.environ.get("GRPOLAB_LEARNING_PROGRESS"):
+        trainer = tl.Trainer(p, model_dir, hooks=Hooks(warn=print, progress=_progress),
+                             advantage_sign=advantage_sign, warn=print)
+    else:
+        trainer = tl.Trainer(p, model_dir, advantage_sign=advantage_sign, warn=print)
     assert type(trainer.engine).__name__ == "VLLMEngine", type(trainer.engine)
     res = trainer.fit()
     assert res.steps_done == tl.STEPS, res.steps_done
     steps = sorted(h["timing_s/step"] for h in res.history)
-    return [h["critic/score/mean"] for h in res.history], {
-        "wall_s": time.perf_counter() - t0, "timing_s_step_median": steps[len(steps) // 2],
-        "logprob_diff_mean_last": res.history[-1].get("rollout/logprob_diff_mean")}
+    extra = {"wall_s": time.perf_counter() - t0, "timing_s_step_median": steps[len(steps) // 2],
+             "logprob_diff_mean_last": res.history[-1].get("rollout/logprob_diff_mean")}
+    if KV_CACHE_DTYPE is not None:
+        extra["kv_cache_dtype"] = p.rollout.kv_cache_dtype
+        extra["logprob_diff_mean_curve"] = [h.get("rollout/logprob_diff_mean") for h in res.history]
+        extra["logprob_diff_max_curve"] = [h.get("rollout/logprob_diff_max") for h in res.history]
+    return [h["critic/score/mean"] for h in res.history], extra
 
 
 def _child(q, *args) -> None:
@@ -86,7 +110,8 @@ def run_vllm(toy_setup, name: str, advantage_sign: float) -> tuple[list[float], 
     CURVES[name], CURVES[name + "_extra"] = scores, extra
     record = os.environ.get("GRPOLAB_LEARNING_RECORD")
     if record:
-        Path(record).write_text(json.dumps(CURVES, indent=1) + "\n")
+        rec = CURVES if KV_CACHE_DTYPE is None else {"kv_cache_dtype": KV_CACHE_DTYPE, **CURVES}
+        Path(record).write_text(json.dumps(rec, indent=1) + "\n")
     return scores, extra["wall_s"], extra
 
 
