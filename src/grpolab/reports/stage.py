@@ -75,6 +75,9 @@ def attach_report(p: Params, path: Path, root: Path, run_id: str | None) -> bool
     try:
         from mlflow.tracking import MlflowClient
 
+        if not p.tracking.mlflow_tracking_uri:  # a copied workspace stores into its own mlartifacts/
+            mlflow_runs.relocate_artifacts(root, lambda m: console.print(f"[yellow]warning[/]: {m}"))
+
         client = MlflowClient(mlflow_uri(p, root))
         from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
