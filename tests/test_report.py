@@ -61,7 +61,7 @@ def test_baseline_report_every_section_with_real_numbers(shared):
     # every Validation row has evidence and a Pass/Fail verdict
     from helpers import md_rows
 
-    for cells in md_rows(text.split("### Validation")[1].split("### Git")[0].split("### Evaluation")[0])[1:]:
+    for cells in md_rows(text.split("### Validation")[1].split("\n### ")[0])[1:]:
         assert len(cells) == 3 and cells[1] and re.match(r"(Pass|Fail|Offline)\b", cells[2]), cells
     # notes: params per CPU process (a CPU run is never described in GPU units), best score, the curves
     from grpolab.train.preflight import param_count
@@ -72,7 +72,7 @@ def test_baseline_report_every_section_with_real_numbers(shared):
     best = max(range(STEPS), key=lambda i: scores[i])
     assert f"Best `critic/score/mean` {scores[best]:.4g} at step {best + 1}" in text
     # the evaluate stage's step x data_source table, best step marked and named in the notes (issue 10)
-    ev_rows = md_rows(text.split("### Evaluation")[1].split("### Git")[0])[1:]
+    ev_rows = md_rows(text.split("### Evaluation")[1].split("\n### ")[0])[1:]  # up to the next section
     assert [r[0].split(" ")[0] for r in ev_rows] == ["0", "2", "4"] and all(r[1] == "toy/add" for r in ev_rows)
     assert sum("(best)" in r[0] for r in ev_rows) == 1 and "Evaluate stage: best checkpoint step" in text
     png = name.replace(".md", ".png")

@@ -225,10 +225,12 @@ def smoke_checks(p: Params, summary: dict) -> dict:
 
 def smoke(p: Params) -> None:
     """2 steps with the smoke overrides, on as many ranks as the recipe; fails on a failed check."""
-    check_data(p)  # the recipe's own rules too (the smoke run itself is not monitored)
     sp = p.with_smoke()
     check_engine(sp)
     check_data(sp)
+    bad = monitor.problems(p.monitor)  # the recipe's rules too (the smoke run itself is not monitored)
+    if bad:
+        raise StageFailed("\n".join(bad))
     console.print(f"[bold]smoke[/]: {sp.trainer.total_training_steps} steps, {sp.train_prompt_bsz} prompts "
                   f"x {sp.n_resp_per_prompt}, response <= {sp.max_response_length} tokens, "
                   f"{sp.world_size} rank(s)")
