@@ -111,6 +111,22 @@ def test_a_report_is_never_rewritten_for_another_run(repo, capsys):
     assert again == second
 
 
+def test_a_killed_runs_status_stub_gives_its_name_to_the_run_that_reports(repo, monkeypatch):
+    """A run killed before its first checkpoint leaves a "running" stub; the same command then starts
+    afresh (a new run): its report takes the name, no stale "running" entry stays (MLflow keeps the
+    killed run, the diary says "killed")."""
+    from grpolab.records import entries
+
+    root, p, record = repo
+    monkeypatch.chdir(root)
+    killed = dict(record, mlflow_run_id="c" * 32)
+    stub = entries.write_status(p, killed, "running", 1, 4)
+    assert entries.STUB in stub.read_text()
+    path, _ = report.write(p, root, root / "reports")
+    assert path.resolve() == stub.resolve() and entries.marker_of(path) == record["mlflow_run_id"]
+    assert not [f for f in (root / "reports").glob("*.md") if entries.STUB in f.read_text()]
+
+
 def test_experiment_without_request_says_not_stated(repo, monkeypatch):
     root, p, record = repo
     base = _git(root, "rev-parse", "HEAD")

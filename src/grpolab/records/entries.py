@@ -70,8 +70,8 @@ def claim(reports_dir: Path, name: str, record: dict, warn=print) -> Path:
     key = run_key(record)
     path = reports_dir / name
     owner = marker_of(path)
-    if not path.exists() or owner == key:
-        target = path
+    if not path.exists() or owner == key or STUB in path.read_text():  # another run's status stub: its
+        target = path  # record is MLflow's (the diary says killed/failed); the name goes to the run that reports
     else:
         target = next((f for f in reports_dir.glob(f"{path.stem}-*.md") if marker_of(f) == key), None)  # its own id
         if target is None:

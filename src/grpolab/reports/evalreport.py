@@ -64,6 +64,8 @@ def eval_section(p: Params, steps: dict[int, dict]) -> list[str]:
 def eval_best(client, p: Params, train_run, evals: list) -> tuple[int, float] | None:
     """Best step of the evaluate run that followed `train_run` (same experiment and commit): the
     highest mean over data sources of val.select_metric, from the MLflow metric histories."""
+    if train_run.info.status != "FINISHED":  # killed or failed: its pipeline evaluated nothing of it
+        return None
     t = train_run.data.tags
     same = [e for e in evals if e.data.tags.get("dvc.exp_name", "") == t.get("dvc.exp_name", "")
             and e.data.tags.get("git.commit") == t.get("git.commit") and e.info.start_time >= train_run.info.start_time]
