@@ -109,7 +109,7 @@ def test_mlflow_store_has_both_runs_with_git_tags(demo_dir):
 def _exp_report(demo_dir) -> tuple[str, str]:
     """The experiment's report (name, text): `--temp` ran it outside the workspace, so it lives in the
     experiment's commit only."""
-    ref = _git(demo_dir, "for-each-ref", "--format=%(refname)", "refs/exps").split()[0]
+    ref = _exp_refs(demo_dir)[0]
     name = next(n for n in _git(demo_dir, "ls-tree", "--name-only", ref, "reports/").split()
                 if re.search(r"-demo-tiny-qwen3-.+\.md$", n))
     return name, _git(demo_dir, "show", f"{ref}:{name}")
@@ -148,10 +148,15 @@ def test_reports_have_every_section_from_real_numbers(demo_dir):
     assert sum(1 for line in index if line.startswith("- ")) == 1
     diary = [line for line in (demo_dir / "views" / "index.md").read_text().splitlines() if line.startswith("- ")]
     assert len(diary) == 2 and all("done, 30/30 steps, best held-out `avg@2`" in line for line in diary), diary
-    commit = _git(demo_dir, "rev-parse", "--short", "refs/exps/" + _git(
-        demo_dir, "for-each-ref", "--format=%(refname)", "refs/exps").split()[0].split("refs/exps/", 1)[1])[:7]
+    commit = _git(demo_dir, "rev-parse", "--short", _exp_refs(demo_dir)[0])[:7]
     assert f"git show {commit}:{exp_name}" in diary[0]  # the experiment's, newest first
     assert "(../reports/" in diary[1]  # the baseline's, in this tree
+
+
+def _exp_refs(demo_dir) -> list[str]:
+    """The refs of saved experiments (not DVC's own exec/stash refs, which may sort before them)."""
+    refs = _git(demo_dir, "for-each-ref", "--format=%(refname)", "refs/exps").split()
+    return [r for r in refs if "/exec/" not in r and not r.endswith("/stash")]
 
 
 def _git(demo_dir, *args) -> str:
@@ -160,7 +165,7 @@ def _git(demo_dir, *args) -> str:
 
 def test_mlflow_artifacts_never_reach_git(demo_dir):
     """The SQLite store's artifacts live in the git-ignored mlartifacts/ (not a committed mlruns/)."""
-    exp_ref = _git(demo_dir, "for-each-ref", "--format=%(refname)", "refs/exps").split()
+    exp_ref = _exp_refs(demo_dir)
     assert exp_ref, "the demo's experiment has no ref"
     for rev in ("HEAD", exp_ref[0]):
         files = _git(demo_dir, "ls-tree", "-r", "--name-only", rev).split()

@@ -74,6 +74,7 @@ def test_a_second_exp_run_in_a_busy_workspace_changes_nothing_the_first_reads(tm
     assert len(kept) == 1 and yaml.safe_load(kept[0].read_text())["seed"] == 12
     refs = subprocess.run(["git", "for-each-ref", "refs/exps", "--format=%(refname)"], cwd=ws,
                           capture_output=True, text=True).stdout.split()
-    assert [r.rsplit("/", 1)[1] for r in refs if "/exec/" not in r and not r.endswith("/stash")] == ["s11"]
-    saved = subprocess.run(["git", "show", f"{refs[0]}:params.yaml"], cwd=ws, capture_output=True, text=True).stdout
+    saved_refs = [r for r in refs if "/exec/" not in r and not r.endswith("/stash")]
+    assert [r.rsplit("/", 1)[1] for r in saved_refs] == ["s11"], refs
+    saved = subprocess.run(["git", "show", f"{saved_refs[0]}:params.yaml"], cwd=ws, capture_output=True, text=True).stdout
     assert yaml.safe_load(saved)["seed"] == 11  # the experiment's commit holds the params it ran
