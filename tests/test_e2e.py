@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 from helpers import md_row
 
-from grpolab.pipeline.demo import run_demo
+from grpolab.pipeline.demo import DEMO_OVERRIDES, run_demo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("demo")]  # one worker builds the demo
+STEPS, EVERY = DEMO_OVERRIDES["trainer"]["total_training_steps"], DEMO_OVERRIDES["trainer"]["save_freq"]
+CHECKPOINTS = list(range(0, STEPS + 1, EVERY))  # the untrained model (0) and every saved step
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,7 @@ def test_exp_show_lists_both_runs_with_metrics(demo_dir):
         assert row["metrics"]["results/smoke/checks.json"]["passed"] is True
         ev = row["metrics"]["results/eval/metrics.json"]  # the evaluate stage's own namespace (issue 10)
         assert {"eval/toy/add/avg@2", "eval/toy/add/pass@2", "eval/toy/add/maj@2", "eval/best_step"} <= set(ev)
-        assert ev["eval/step"] == 30 and not any(k.startswith("val-") for k in ev)
+        assert ev["eval/step"] == STEPS and not any(k.startswith("val-") for k in ev)
         # verl's step metrics (issue 13) reach dvclive
         assert live["critic"]["rewards"]["mean"] == live["critic"]["score"]["mean"]
         assert {"gen", "reward", "old_log_prob", "update_actor", "step"} <= set(live["timing_s"])
@@ -83,7 +85,7 @@ def test_mlflow_store_has_both_runs_with_git_tags(demo_dir):
         commits.add(tags["git.commit"])
         n = con.execute("select count(distinct step) from metrics where run_uuid=? and key='critic/score/mean'",
                         (run_id,)).fetchone()[0]
-        assert n == 30
+        assert n == STEPS
         note = tags.get("mlflow.note.content", "")  # the report is the run's description in the UI
         assert note.startswith("## ") and "### Validation" in note and "### Git" in note
     exp_tags = [dict(con.execute("select key, value from tags where run_uuid=?", (r[0],))).get("dvc.exp_name")
@@ -136,7 +138,7 @@ def test_reports_have_every_section_from_real_numbers(demo_dir):
             assert section in text, (name, section)
         assert md_row(text, "Request")[1] and md_row(text, "Delivery")[1] and md_row(text, "Scope")[1]
         assert md_row(text, "Smoke test (2 steps)")[2] == "Pass - 2 steps completed"
-        assert md_row(text, "Training progress")[1:] == ["Trained 30/30 steps (steps 1-30 trained by this run)", "Pass"]
+        assert md_row(text, "Training progress")[1:] == [f"Trained {STEPS}/{STEPS} steps (steps 1-{STEPS} trained by this run)", "Pass"]
         assert "sqlite:////" not in text and str(demo_dir) not in text  # no path of this machine
     assert md_row(exp_text, "`temperature`") == ["`temperature`", "1.2", "1", "changed"], exp_text
     summary = json.loads((demo_dir / "results" / "train" / "summary.json").read_text())
@@ -147,7 +149,7 @@ def test_reports_have_every_section_from_real_numbers(demo_dir):
     index = (demo_dir / "reports" / "index.md").read_text().splitlines()
     assert sum(1 for line in index if line.startswith("- ")) == 1
     diary = [line for line in (demo_dir / "views" / "index.md").read_text().splitlines() if line.startswith("- ")]
-    assert len(diary) == 2 and all("done, 30/30 steps, best held-out `avg@2`" in line for line in diary), diary
+    assert len(diary) == 2 and all(f"done, {STEPS}/{STEPS} steps, best held-out `avg@2`" in line for line in diary), diary
     commit = _git(demo_dir, "rev-parse", "--short", _exp_refs(demo_dir)[0])[:7]
     assert f"git show {commit}:{exp_name}" in diary[0]  # the experiment's, newest first
     assert "(../reports/" in diary[1]  # the baseline's, in this tree
@@ -189,7 +191,7 @@ def test_plots_are_titled_with_full_metric_names(demo_dir):
 
 
 def test_evaluate_stage_scored_every_checkpoint_and_the_report_marks_the_best(demo_dir):
-    """dvc repro ran the evaluate stage over the saved checkpoints (10, 20, 30 = final) and the untrained
+    """dvc repro ran the evaluate stage over the saved checkpoints (10, 20 = final) and the untrained
     model (0); its numbers agree with `grpolab score` re-scoring the saved responses; the report shows
     the step x data_source table with the best step."""
     from grpolab.metrics import evalmetrics as evaluation
@@ -198,7 +200,7 @@ def test_evaluate_stage_scored_every_checkpoint_and_the_report_marks_the_best(de
 
     out = demo_dir / "results" / "eval"
     steps = read_steps(out / "steps.json")
-    assert sorted(steps) == [0, 10, 20, 30]
+    assert sorted(steps) == CHECKPOINTS
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     with RewardScorer(num_workers=1) as verifier:
         same = evaluation.math_equivalence(verifier)
@@ -210,9 +212,9 @@ def test_evaluate_stage_scored_every_checkpoint_and_the_report_marks_the_best(de
             assert len(rows) == 32 * 2
             assert evaluation.step_metrics(rows, same) == pytest.approx(m)
     # the demo shows GRPO working: the held-out score rises from the untrained model's (measured on
-    # 2026-12-04: avg@2 0.031 -> 0.17 -> 0.33 -> 0.47 over steps 0/10/20/30), and so does the training score
+    # 2026-12-04: avg@2 0.031 -> 0.17 -> 0.33 over steps 0/10/20), and so does the training score
     avg = {s: m["eval/toy/add/avg@2"] for s, m in steps.items()}
-    assert avg[30] >= avg[0] + 0.15 and max(avg[20], avg[30]) > avg[10], avg
+    assert avg[STEPS] >= avg[0] + 0.15 and avg[STEPS] > avg[EVERY], avg
     hist = json.loads((demo_dir / "results" / "train" / "summary.json").read_text())["history"]
     score = [h["critic/score/mean"] for h in hist]
     assert sum(score[-5:]) / 5 >= sum(score[:3]) / 3 + 0.1, score
@@ -220,7 +222,7 @@ def test_evaluate_stage_scored_every_checkpoint_and_the_report_marks_the_best(de
     rep = next(r for r in (demo_dir / "reports").glob("*-demo-tiny-qwen3.md"))  # the baseline's, as metrics.json
     text = rep.read_text()
     assert "### Evaluation" in text and re.search(rf"\| {best} \(best\) +\| toy/add +\|", text)
-    for s in (0, 10, 20, 30):
+    for s in CHECKPOINTS:
         assert re.search(rf"\| {s}( \(best\))? +\| toy/add +\| ", text)
 
 

@@ -1,7 +1,7 @@
 """Padding-free training passes (grpolab.train.packing) and the train-phase switches of issue 14: token-budget
 micro-batches, packed forward == padded forward (values and gradients, checkpointed layers included),
 the skipped old-log-prob pass, entropy without a graph, per-layer checkpointing. Real tiny Qwen3
-models on CPU, where attention falls back to per-sequence SDPA (the CUDA path is FlashAttention's
+models on CPU, where attention falls back to SDPA over a right-padded batch or per sequence (the CUDA path is FlashAttention's
 varlen kernel; benchmarks/train_phase.py measures it)."""
 import random
 
@@ -30,6 +30,27 @@ def rollout_batch(prompt_lens, resp_lens, seed=1):
     resps = [torch.randint(1, V, (n,), generator=g).tolist() for n in resp_lens]
     r = Rollout(prompts, resps, torch.arange(len(prompts)), torch.zeros(len(prompts), dtype=torch.bool))
     return tr.build_batch(r, 0, "cpu")
+
+
+@pytest.mark.parametrize("lens", [[5, 3, 7, 1], [40, 2, 2, 2], [9]])
+def test_batched_attention_fallback_equals_one_call_per_sequence(lens, monkeypatch):
+    """The CPU fallback's one padded SDPA call gives the per-sequence loop's values and gradients (both
+    branches: [40, 2, 2, 2] pads past PAD_BUDGET and loops unless the budget is raised)."""
+    g = torch.Generator().manual_seed(0)
+    T, H, Hkv, D = sum(lens), 4, 2, 8
+    qkv = [torch.randn(1, h, T, D, generator=g, dtype=torch.float64, requires_grad=True) for h in (H, Hkv, Hkv)]
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    results = []
+    for budget in (0, 10**6):  # 0: always one call per sequence; 10**6: always the padded batch
+        monkeypatch.setattr(packing, "PAD_BUDGET", budget)
+        out, _ = packing.varlen_attention(None, *qkv, None, scaling=D ** -0.5, cu_seq_lens_q=cu, max_length_q=max(lens))
+        grads = torch.autograd.grad((out * torch.arange(out.numel(), dtype=out.dtype).view_as(out).cos()).sum(), qkv)
+        results.append((out, grads))
+    (out0, g0), (out1, g1) = results
+    assert out0.shape == (1, T, H, D)
+    torch.testing.assert_close(out1, out0)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b)
 
 
 def test_micro_batches_cover_every_row_once_within_the_budget():

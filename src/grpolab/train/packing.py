@@ -12,7 +12,8 @@ position costs a full forward and backward. Here instead:
   for each sequence, and keeps the hidden states of only the positions that predict response tokens;
 - `varlen_attention` (registered with transformers as "grpolab_varlen", switched on only inside
   `packed`) attends within each sequence: PyTorch's `varlen_attn` (FlashAttention on CUDA, bf16/fp16),
-  else per-sequence scaled-dot-product attention, which is exact and serves the CPU tests.
+  else scaled-dot-product attention over the sequences right-padded into one batch (or one call per
+  sequence where padding would cost more than PAD_BUDGET x), which is exact and serves the CPU runs.
 
 Per-token log-probs come back in the (n, R) padded layout of the bin's rows, so the loss code
 (`grpolab.train.algo`) is the same for both paths.
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 ATTN = "grpolab_varlen"
+PAD_BUDGET = 2  # the batched attention fallback pads to at most this many times the packed tokens
 
 
 def micro_batches(lengths: list[int], budget: int, k: int) -> list[list[int]]:
@@ -125,12 +127,33 @@ def varlen_attention(module, query: Tensor, key: Tensor, value: Tensor, attentio
     if flash is not None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
         out = flash(q, k, v, cu_seq_lens_q, max_length_q, scaling)
     else:
-        bounds = cu_seq_lens_q.tolist()
-        out = torch.cat([
-            F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1),
-                                           is_causal=True, scale=scaling).transpose(0, 1)
-            for a, b in zip(bounds[:-1], bounds[1:])])
+        out = _sdpa_per_sequence(q, k, v, cu_seq_lens_q, scaling)
     return out[None], None
+
+
+def _sdpa_per_sequence(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, scale) -> Tensor:
+    """Exact causal attention within each sequence of a packed (T, H, D) row without FlashAttention.
+    Where right-padding every sequence to the longest costs at most PAD_BUDGET x the packed tokens,
+    one scaled-dot-product attention over the (n, H, L, D) batch (the pads sit after each sequence's
+    tokens, so causal attention never lets a real query see them); else one call per sequence.
+    On CPU the batch is several times faster than the loop (grpolab's demo and tests)."""
+    bounds = cu.tolist()
+    lens = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+    n, L = len(lens), max(lens)
+    if n * L > PAD_BUDGET * q.shape[0]:
+        return torch.cat([
+            F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1),
+                                           is_causal=True, scale=scale).transpose(0, 1)
+            for a, b in zip(bounds[:-1], bounds[1:])])
+    starts = torch.tensor(bounds[:-1], device=q.device)
+    seq = torch.repeat_interleave(torch.arange(n, device=q.device), torch.tensor(lens, device=q.device))
+    slot = seq * L + torch.arange(q.shape[0], device=q.device) - starts[seq]  # (T,) place in the (n * L) grid
+
+    def padded(x: Tensor) -> Tensor:  # (T, H, D) -> (n, H, L, D)
+        return x.new_zeros(n * L, *x.shape[1:]).index_copy(0, slot, x).view(n, L, *x.shape[1:]).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(padded(q), padded(k), padded(v), is_causal=True, scale=scale)
+    return out.transpose(1, 2).reshape(n * L, *q.shape[1:]).index_select(0, slot)
 
 
 def register() -> None:
