@@ -222,6 +222,7 @@ def test_evaluate_stage_scored_every_checkpoint_and_the_report_marks_the_best(de
     rep = next(r for r in (demo_dir / "reports").glob("*-demo-tiny-qwen3.md"))  # the baseline's, as metrics.json
     text = rep.read_text()
     assert "### Evaluation" in text and re.search(rf"\| {best} \(best\) +\| toy/add +\|", text)
+    assert f"`dvc exp run -S trainer.total_training_steps={2 * STEPS}`" in text  # still rising: train longer
     for s in CHECKPOINTS:
         assert re.search(rf"\| {s}( \(best\))? +\| toy/add +\| ", text)
 

@@ -88,3 +88,18 @@ def test_select_metric_is_checked_against_val_n():
     assert config.validate({"val": {"n": 4, "select_metric": "pass@4"}}).val.select_metric == "pass@4"
     with pytest.raises(config.ParamsError, match=r"val.select_metric: 'pass@8' — must be avg@4, maj@4 or pass@j"):
         config.validate({"val": {"n": 4, "select_metric": "pass@8"}})
+
+
+def test_a_run_still_rising_at_its_last_checkpoint_proposes_training_longer():
+    from grpolab.params import schema as config
+    from grpolab.reports.evalreport import still_rising_note
+
+    p = config.validate({"val": {"n": 2}})
+    steps = {s: {"eval/x/avg@2": v, "eval/x/pass@1": v} for s, v in ((0, 0.03), (10, 0.17), (20, 0.33))}
+    note = still_rising_note(p, steps, 20)
+    assert "best at the last checkpoint (step 20, 0.330, from 0.030 at step 0)" in note
+    assert note.endswith("`dvc exp run -S trainer.total_training_steps=40`")
+    steps[30] = {"eval/x/avg@2": 0.25, "eval/x/pass@1": 0.25}  # peaked at 20: no extension proposed
+    assert still_rising_note(p, steps, 30) == ""
+    flat = {s: {"eval/x/avg@2": 0.1} for s in (0, 10)}  # best is the untrained model's (a tie): not rising
+    assert still_rising_note(p, flat, 10) == "" and still_rising_note(p, {}, 10) == ""

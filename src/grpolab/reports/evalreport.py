@@ -32,6 +32,19 @@ def eval_summary(p: Params, steps: dict[int, dict]) -> str:
             f"last step {last}: {selection_value(steps[last], metric):.3f}")
 
 
+def still_rising_note(p: Params, steps: dict[int, dict], steps_done: int) -> str:
+    """A healthy run whose held-out score is best at its last checkpoint (and above the untrained
+    model's) has not peaked: the next experiment to try extends it, reusing its checkpoints."""
+    metric = select_metric(p)
+    best = best_step(steps, metric)
+    first = selection_value(steps[min(steps)], metric) if steps else None
+    if not best or len(steps) < 2 or best[0] != max(steps) or first is None or best[1] <= first or not steps_done:
+        return ""
+    return (f"Held-out `{metric}` is still rising: best at the last checkpoint (step {best[0]}, {best[1]:.3f}, from "
+            f"{first:.3f} at step {min(steps)}). Next: train it longer (its checkpoints are reused, only the new "
+            f"steps are trained): `dvc exp run -S trainer.total_training_steps={2 * steps_done}`")
+
+
 def best_checkpoint_notes(p: Params, c) -> list[str]:
     """Where the best model is: early stopping's export (<output_dir>/best) and the evaluate stage's best step."""
     out = []

@@ -28,7 +28,7 @@ from grpolab.records import entries, tracking
 from grpolab.records.entries import num, short_id
 from grpolab.params.stagedefs import output_paths
 from grpolab.util import deep_merge, flatten_params, md_table
-from grpolab.reports.evalreport import best_checkpoint_notes, eval_section, eval_steps, eval_summary
+from grpolab.reports.evalreport import best_checkpoint_notes, eval_section, eval_steps, eval_summary, still_rising_note
 from grpolab.train import preflight
 from grpolab.train.preflight import param_count
 
@@ -439,6 +439,9 @@ def notes(p: Params, c: Context) -> list[str]:
         out.append(f"**{f.rule}**: {f.evidence}. {f.advice[:1].upper() + f.advice[1:]}. Next: `{f.command}`")
     if not c.findings and c.hist:
         out.append(f"No health issue found over {len(c.hist)} steps ({', '.join(health.RULES)} checked).")
+        rising = still_rising_note(p, c.steps, int(c.train.get("steps_done") or 0))
+        if rising and not c.train.get("stopped_early") and not c.train.get("monitor"):
+            out.append(rising)
     sc = [(i + 1, h["critic/score/mean"]) for i, h in enumerate(c.hist) if "critic/score/mean" in h]
     if sc:
         best = max(sc, key=lambda x: x[1])
