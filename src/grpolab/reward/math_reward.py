@@ -448,7 +448,9 @@ class RewardScorer:
                 self._drop_backend()
                 if attempt == _POOL_RETRIES:
                     raise RuntimeError(f"reward worker pool broke {attempt + 1} times in a row ({exc}); "
-                                       f"is the machine out of memory or processes?") from None
+                                       f"is the machine out of memory or processes? (The workers are spawned: they "
+                                       f"import the main script, so a script that trains must start under "
+                                       f"`if __name__ == '__main__':`.)") from None
                 print(f"[grpolab] warning: reward worker pool broke ({exc}); rebuilt, batch retried",
                       file=sys.stderr)
         raise AssertionError("unreachable")
