@@ -206,6 +206,7 @@ def test_one_parent_run_per_experiment_and_views_that_change_no_output(campaign)
         line = next(e for e in entries if f"`{name}`" in e)
         assert "git show " in line or "](../reports/" in line, line  # where its report is
     assert "reuses the 4/4 steps of run" in next(e for e in entries if "`reqonly`" in e)
+    assert "reuses the 2/2 steps of run" in next(e for e in entries if "`short`" in e)  # trained nothing itself
     assert (ws / "views" / "index.md").read_text().strip() == diary.strip()
     header = next(line for line in exps.splitlines() if line.startswith("| Experiment"))
     assert "eval/best_step" in header and "eval/best/" in header, header  # the held-out numbers

@@ -78,8 +78,9 @@ def progress_rows(p: Params, reports_dir: Path) -> list[dict]:
             "val": {k: v for k, v in r.data.metrics.items() if k.startswith(health.VAL_PREFIX)},
             "report": reports.get(r.info.run_id, ""),
             "eval_best": eval_best(client, p, r, evals),  # its evaluate run's best step (issue 10)
-            "reuses": "", "monitor": {k[len("grpolab.monitor."):]: v for k, v in tags.items()
-                                      if k.startswith("grpolab.monitor.")},
+            # a train stage that ran but trained nothing: all its steps are another run's (grpolab.train.stage)
+            "reuses": tags.get("grpolab.reused_from_run", "") if tags.get("grpolab.start") == "reused" else "",
+            "monitor": {k[len("grpolab.monitor."):]: v for k, v in tags.items() if k.startswith("grpolab.monitor.")},
         })
     by_id = {r["run"]: r for r in rows}
     for r in reuses:
