@@ -127,11 +127,11 @@ def varlen_attention(module, query: Tensor, key: Tensor, value: Tensor, attentio
     if flash is not None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
         out = flash(q, k, v, cu_seq_lens_q, max_length_q, scaling)
     else:
-        out = _sdpa_per_sequence(q, k, v, cu_seq_lens_q, scaling)
+        out = _sdpa_within_sequences(q, k, v, cu_seq_lens_q, scaling)
     return out[None], None
 
 
-def _sdpa_per_sequence(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, scale) -> Tensor:
+def _sdpa_within_sequences(q: Tensor, k: Tensor, v: Tensor, cu: Tensor, scale) -> Tensor:
     """Exact causal attention within each sequence of a packed (T, H, D) row without FlashAttention.
     Where right-padding every sequence to the longest costs at most PAD_BUDGET x the packed tokens,
     one scaled-dot-product attention over the (n, H, L, D) batch (the pads sit after each sequence's
