@@ -8,7 +8,10 @@
 #   benchmarks/gpu_kv_dtype.sh install OUT                vLLM + .whl + .trlwhl into /tmp/site, the random model
 #   benchmarks/gpu_kv_dtype.sh ours OUT RESP KV STEPS [LIMIT_S]   our step (vllm engine), KV = auto | fp8
 #   benchmarks/gpu_kv_dtype.sh trl OUT RESP STEPS [LIMIT_S]       TRL 1.16 GRPOTrainer + vLLM colocated
-#   benchmarks/gpu_kv_dtype.sh phase OUT                  train-phase MFU, the defaults at 64 + 512
+#   benchmarks/gpu_kv_dtype.sh phase OUT [VARIANT]        train-phase MFU at 64 + 512 (benchmarks/train_phase.py
+#                                                         variant: defaults = every layer checkpointed;
+#                                                         compiled_16k = the same, checkpointing off)
+#   benchmarks/gpu_kv_dtype.sh forms OUT RESP [REPS]      benchmarks/gen_forms.py: the request forms' generation rates
 #   benchmarks/gpu_kv_dtype.sh seedgen OUT KV UTIL MAX_S  seed_scale.py gen (one GPU's share of the seed's step)
 # Each writes OUT/<what>.json and OUT/<what>.log; several can be chained in one call (`a && b; c`).
 set -uo pipefail
@@ -36,7 +39,7 @@ install)
 ours)
   out=$1 resp=$2 kv=$3 steps=$4 limit=${5:-400}; mkdir -p "$out"; cd "$repo"
   name=ours-$resp-$kv
-  BENCH_RESP=$resp BENCH_KV=$kv BENCH_GEN_REPS=${BENCH_GEN_REPS:-2} timeout "$limit" python3 benchmarks/vllm_engine.py ours \
+  BENCH_RESP=$resp BENCH_KV=$kv BENCH_GEN_REPS=${BENCH_GEN_REPS:-3} timeout "$limit" python3 benchmarks/vllm_engine.py ours \
     --engine vllm --model $model --steps "$steps" --ppo-epochs 3 --work /tmp/w-$name --out "$out/$name.json" \
     > "$out/$name.log" 2>&1
   echo "$name rc=$?"; grep -E "^step|Error|error:" "$out/$name.log" | grep -v "^$" | tail -n 8
@@ -58,10 +61,17 @@ trl)
     --micro 16 --resp "$resp" --work /tmp/w-$name --out "$out/$name.json" > "$out/$name.log" 2>&1
   echo "$name rc=$?"; grep -h "step_s_median\|gen_s_median" "$out/$name.json" 2>/dev/null || tail -n 15 "$out/$name.log" ;;
 phase)
-  out=$1; mkdir -p "$out"; cd "$repo"
-  timeout 240 python3 benchmarks/train_phase.py one --variant defaults --shape 64x512 --steps 4 \
-    --model $model --out "$out/phase.json" > "$out/phase.log" 2>&1
-  echo "phase rc=$?"; grep -h "mfu" "$out/phase.json" 2>/dev/null | head -n 4 || tail -n 15 "$out/phase.log" ;;
+  out=$1 variant=${2:-defaults}; mkdir -p "$out"; cd "$repo"
+  name=phase$([ "$variant" = defaults ] || echo "-$variant")
+  timeout 240 python3 benchmarks/train_phase.py one --variant "$variant" --shape 64x512 --steps 4 \
+    --model $model --out "$out/$name.json" > "$out/$name.log" 2>&1
+  echo "$name rc=$?"; grep -h "mfu" "$out/$name.json" 2>/dev/null | head -n 4 || tail -n 15 "$out/$name.log" ;;
+forms)
+  out=$1 resp=$2 reps=${3:-3}; mkdir -p "$out"; cd "$repo"
+  timeout 400 python3 benchmarks/gen_forms.py --model $model --resp "$resp" --reps "$reps" ${FORMS:+--forms $FORMS} \
+    --out "$out/forms-$resp.json" > "$out/forms-$resp.log" 2>&1
+  echo "forms-$resp rc=$?"; grep -E "^round [1-9]|Error|error:|Model Runner" "$out/forms-$resp.log" | tail -n 30
+  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(json.dumps({k: d[k] for k in ('ratio_to_n16','same_as_own_first_round') if k in d})); print({k: v for k, v in d.items() if k.startswith('agree')})" "$out/forms-$resp.json" 2>/dev/null ;;
 seedgen)
   out=$1 kv=$2 util=$3 maxs=$4; mkdir -p "$out"; cd "$repo"
   timeout $((maxs + 120)) python3 benchmarks/seed_scale.py gen --util "$util" --kv "$kv" --max-s "$maxs" \
