@@ -12,6 +12,7 @@
 #                                                         variant: defaults = every layer checkpointed;
 #                                                         compiled_16k = the same, checkpointing off)
 #   benchmarks/gpu_kv_dtype.sh forms OUT RESP [REPS]      benchmarks/gen_forms.py: the request forms' generation rates
+#                                                         (FORMS=a,b picks forms; TAG=x names the files forms-RESP-x)
 #   benchmarks/gpu_kv_dtype.sh seedgen OUT KV UTIL MAX_S  seed_scale.py gen (one GPU's share of the seed's step)
 # Each writes OUT/<what>.json and OUT/<what>.log; several can be chained in one call (`a && b; c`).
 set -uo pipefail
@@ -69,9 +70,9 @@ phase)
 forms)
   out=$1 resp=$2 reps=${3:-3}; mkdir -p "$out"; cd "$repo"
   timeout 400 python3 benchmarks/gen_forms.py --model $model --resp "$resp" --reps "$reps" ${FORMS:+--forms $FORMS} \
-    --out "$out/forms-$resp.json" > "$out/forms-$resp.log" 2>&1
-  echo "forms-$resp rc=$?"; grep -E "^round [1-9]|Error|error:|Model Runner" "$out/forms-$resp.log" | tail -n 30
-  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(json.dumps({k: d[k] for k in ('ratio_to_n16','same_as_own_first_round') if k in d})); print({k: v for k, v in d.items() if k.startswith('agree')})" "$out/forms-$resp.json" 2>/dev/null ;;
+    --out "$out/forms-$resp${TAG:+-$TAG}.json" > "$out/forms-$resp${TAG:+-$TAG}.log" 2>&1
+  echo "forms-$resp${TAG:+-$TAG} rc=$?"; grep -E "^round [1-9]|Error|error:|Model Runner" "$out/forms-$resp${TAG:+-$TAG}.log" | tail -n 30
+  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(json.dumps({k: d[k] for k in ('ratio_to_n16','same_as_own_first_round') if k in d})); print({k: v for k, v in d.items() if k.startswith('agree')})" "$out/forms-$resp${TAG:+-$TAG}.json" 2>/dev/null ;;
 seedgen)
   out=$1 kv=$2 util=$3 maxs=$4; mkdir -p "$out"; cd "$repo"
   timeout $((maxs + 120)) python3 benchmarks/seed_scale.py gen --util "$util" --kv "$kv" --max-s "$maxs" \
