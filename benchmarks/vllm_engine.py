@@ -205,7 +205,7 @@ def bare(a) -> dict:
 
     from grpolab.model import load as models
     from grpolab.rollout.engine import Sampling, prompt_seed
-    from grpolab.rollout.vllm_engine import request_plan, sampling_kwargs
+    from grpolab.rollout.vllm_engine import logprob_rows, request_plan, sampling_kwargs
 
     tok = models.load_tokenizer(a.model)
     rows = prompt_rows(tok)[:PROMPTS]
@@ -232,9 +232,12 @@ def bare(a) -> dict:
     tps_plain, toks = timed([{"prompt_token_ids": x} for x in ids], plain)
     plan = request_plan(ids, N, [prompt_seed(0, 999, i) for i in range(len(ids))])
     s = Sampling(N, 1.0, 1.0, RESP)
+    ask = logprob_rows(plan, N, every=False)  # as the engine asks (rollout.logprobs: sample); until 2026-12-05
+    # every request asked, so "with our requests" measured log-probs for all 128 responses, not the seeds
     tps_ours = timed([{"prompt_token_ids": ids[g]} for g, _ in plan],
-                     [SamplingParams(**sampling_kwargs(s, seed, tok.eos_token_id)) for _, seed in plan])[0]
-    unseeded = [SamplingParams(**sampling_kwargs(s, None, tok.eos_token_id)) for _ in plan]
+                     [SamplingParams(**sampling_kwargs(s, seed, tok.eos_token_id, lp))
+                      for (_, seed), lp in zip(plan, ask)])[0]
+    unseeded = [SamplingParams(**sampling_kwargs(s, None, tok.eos_token_id, lp)) for lp in ask]
     tps_unseeded = timed([{"prompt_token_ids": ids[g]} for g, _ in plan], unseeded)[0]
     out = {"bare_vllm_gen_tokens_per_s": tps_plain, "bare_tokens": toks, "start_s": start_s, "kv_cache_dtype": KV,
            "response_tokens": RESP,
