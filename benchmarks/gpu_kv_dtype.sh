@@ -10,7 +10,8 @@
 #   benchmarks/gpu_kv_dtype.sh trl OUT RESP STEPS [LIMIT_S]       TRL 1.16 GRPOTrainer + vLLM colocated
 #   benchmarks/gpu_kv_dtype.sh phase OUT [VARIANT]        train-phase MFU at 64 + 512 (benchmarks/train_phase.py
 #                                                         variant: defaults = every layer checkpointed;
-#                                                         compiled_16k = the same, checkpointing off)
+#                                                         compiled_16k = the same, checkpointing off;
+#                                                         PROFILE=1 adds OUT/profile-<what>.txt, a torch-profiler table)
 #   benchmarks/gpu_kv_dtype.sh forms OUT RESP [REPS]      benchmarks/gen_forms.py: the request forms' generation rates
 #                                                         (FORMS=a,b picks forms; TAG=x names the files forms-RESP-x)
 #   benchmarks/gpu_kv_dtype.sh seedgen OUT KV UTIL MAX_S  seed_scale.py gen (one GPU's share of the seed's step)
@@ -65,7 +66,7 @@ phase)
   out=$1 variant=${2:-defaults}; mkdir -p "$out"; cd "$repo"
   name=phase$([ "$variant" = defaults ] || echo "-$variant")
   timeout 240 python3 benchmarks/train_phase.py one --variant "$variant" --shape 64x512 --steps 4 \
-    --model $model --out "$out/$name.json" > "$out/$name.log" 2>&1
+    --model $model --out "$out/$name.json" ${PROFILE:+--profile "$out/profile-$name.txt"} > "$out/$name.log" 2>&1
   echo "$name rc=$?"; grep -h "mfu" "$out/$name.json" 2>/dev/null | head -n 4 || tail -n 15 "$out/$name.log" ;;
 forms)
   out=$1 resp=$2 reps=${3:-3}; mkdir -p "$out"; cd "$repo"
