@@ -223,3 +223,25 @@ def test_compiled_layers_equal_the_eager_ones_and_generate_stays_eager(model):
         frames = counters["frames"]["total"]
         assert compiled.generate(prompt, **kw).tolist() == model.generate(prompt, **kw).tolist()
         assert counters["frames"]["total"] == frames  # nothing compiled for the cached calls: they ran eagerly
+
+
+def test_the_first_mini_batch_takes_its_own_log_probs_as_old(tmp_path, monkeypatch):
+    """Two epochs over two mini-batches: the old pass covers only the second mini-batch's rows (the
+    first runs before any optimizer step), and the step's losses equal those of a full old pass."""
+    rows_in_old_pass = []
+    real = tr.logp_all
+
+    def counting(model, batch, temperature, splits, *args, **kwargs):
+        rows_in_old_pass.append(sum(len(s) for s in splits))  # kl 0: no reference model, no reference pass
+        return real(model, batch, temperature, splits, *args, **kwargs)
+
+    monkeypatch.setattr(tr, "logp_all", counting)
+    two = {"train_prompt_bsz": 4, "train_prompt_mini_bsz": 2, "ppo_epochs": 2, "kl_loss_coef": 0.0}
+    own = run_step(tmp_path, monkeypatch, "own", two)
+    assert rows_in_old_pass == [8]  # 2 of 4 prompts x 4 responses; no reference model at kl 0
+    full = run_step(tmp_path, monkeypatch, "full", two, False)
+    assert rows_in_old_pass == [8, 16]
+    assert own["timing_s/old_log_prob"] > 0 and full["timing_s/old_log_prob"] > 0
+    for k in ("actor/pg_loss", "actor/entropy", "actor/ppo_kl", "actor/pg_clipfrac", "actor/grad_norm"):
+        assert own[k] == pytest.approx(full[k], rel=1e-4, abs=1e-6), k
+    assert full["actor/ppo_kl"] != 0.0  # the second epoch ran on updated weights: a test that could fail

@@ -305,9 +305,18 @@ class Trainer:
         return out
 
     def on_policy(self) -> bool:
-        """One PPO epoch over one mini-batch: the policy is still the rollout's at every micro-batch,
-        so the old log-probs equal the update's own (detached) and their pass is skipped (verl)."""
-        return self.p.ppo_epochs == 1 and self.p.train_prompt_mini_bsz >= self.p.train_prompt_bsz
+        """The first mini-batch of the first PPO epoch runs before any optimizer step, on the rollout's
+        policy, so its old log-probs are the update's own (detached) and the old pass covers only the
+        other mini-batches' rows: none with one mini-batch and one epoch (verl's on-policy case), one
+        in four with the recipe's 64 / 16 prompts. False: the old pass covers every row (as before
+        2026-12-05; tests and benchmarks compare against it)."""
+        return True
+
+    def own_old_rows(self, n_rows: int) -> int:
+        """How many of this rank's first rows (the first mini-batch) take the update's own log-probs as old."""
+        if not self.on_policy():
+            return 0
+        return min(n_rows, (self.p.train_prompt_mini_bsz // self.ctx.world) * self.p.n_resp_per_prompt)
 
     def learn(self, batch: dict, adv: torch.Tensor, rollout, timing: dict) -> dict:
         """Old and reference log-probs, then the updates; fills timing_s/{old_log_prob, ref,
@@ -316,10 +325,13 @@ class Trainer:
         self.model.eval()
         splits = micro_splits(batch, torch.arange(len(adv), device=self.device), p, self.device)
         args = (batch, p.temperature, splits, p.trainer.logits_chunk_tokens, p.trainer.use_dynamic_bsz, self.compiled)
-        old_logp, timing["old_log_prob"] = None, 0.0  # on-policy: the update's own log-probs serve
-        if not self.on_policy():
+        N, own = len(adv), self.own_old_rows(len(adv))
+        old_logp, timing["old_log_prob"] = None, 0.0  # the first mini-batch: the update's own log-probs serve
+        if own < N:
             t = clock()
-            old_logp = logp_all(self.model, *args)
+            rest = splits if own == 0 else micro_splits(batch, torch.arange(own, N, device=self.device), p,
+                                                         self.device)
+            old_logp = logp_all(self.model, *args[:2], rest, *args[3:])
             timing["old_log_prob"] = clock() - t
         ref_logp = None
         if self.ref is not None:
@@ -333,7 +345,8 @@ class Trainer:
                 raise RuntimeError("tis_imp_ratio_cap needs the engine's log-probs of every response")
         t = clock()
         self.model.train()
-        metrics, seen, filled = self.update(batch, old_logp, ref_logp, adv, None if engine is None else engine[0])
+        metrics, seen, filled = self.update(batch, old_logp, ref_logp, adv, None if engine is None else engine[0],
+                                            own)
         self.sched.step()
         timing["update_actor"] = clock() - t
         if engine is not None:
@@ -342,9 +355,11 @@ class Trainer:
             metrics.update(logprob_gap(seen, engine_logp, resp))
         return metrics
 
-    def update(self, batch, old_logp, ref_logp, adv, engine_logp=None) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    def update(self, batch, old_logp, ref_logp, adv, engine_logp=None,
+               own: int = 0) -> tuple[dict, torch.Tensor, torch.Tensor]:
         """ppo_epochs passes of mini-batch updates; losses scaled by global counts (see module doc).
-        old_logp None: on-policy (`on_policy`), the first pass's own log-probs, detached, serve as old.
+        The first `own` rows (`own_old_rows`) take their first pass's own log-probs, detached, as old;
+        old_logp (N, R) holds the others' (None when own covers every row).
         engine_logp (N, R) with tis_imp_ratio_cap: truncated importance weights against the old ones.
         Returns the metrics, the old log-probs used (N, R) and which rows have them (N,) bool."""
         p, ctx = self.p, self.ctx
@@ -352,7 +367,7 @@ class Trainer:
         per_mini = (p.train_prompt_mini_bsz // ctx.world) * p.n_resp_per_prompt
         N = mask.shape[0]
         seen = torch.zeros_like(mask) if old_logp is None else old_logp
-        filled = torch.full((N,), old_logp is not None, dtype=torch.bool, device=self.device)
+        filled = torch.arange(N, device=self.device) >= own
         minis = []  # (loss units, response tokens) over all ranks, and this rank's micro-batches: same every epoch
         for m0 in range(0, N, per_mini):
             rows = torch.arange(m0, min(m0 + per_mini, N), device=self.device)
@@ -366,9 +381,9 @@ class Trainer:
             logp, ent = forward_logp(self.model, batch, idx, p.temperature, True, p.trainer.logits_chunk_tokens,
                                      packed=p.trainer.use_dynamic_bsz, entropy_grad=p.entropy_coeff != 0,
                                      compiled=self.compiled)
-            if old_logp is None:
-                seen[idx] = logp.detach().float()
-                filled[idx] = True
+            fresh = ~filled[idx]  # rows of the first mini-batch, first epoch: no optimizer step yet
+            seen[idx] = torch.where(fresh.unsqueeze(-1), logp.detach().float(), seen[idx])
+            filled[idx] = True
             old = seen[idx]
             tis = None
             if engine_logp is not None and p.tis_imp_ratio_cap:
