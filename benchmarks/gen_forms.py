@@ -17,12 +17,12 @@ vllm_engine.py's rows), random weights. Forms, timed round-robin after one untim
     n1x128_lp8         128 n=1 requests, no seeds, log-probs on 8
     engine             `VLLMEngine.generate` itself (whatever form this checkout sends)
 
-The seeded forms use seed base + k for response k (base = `response_seed(prompt seed, 0)`), which is what
+The seeded forms use seed base + k for response k (base = `request_seed(prompt seed)`), which is what
 vLLM gives the k-th child of a request with n > 1 and seed base (vllm/v1/engine/parallel_sampling.py).
 Checks: n16_seeded against n1x128_seeded and n16_seeded_lp1 against n1x128_seeded (the same responses if
 that child rule holds; bf16 batch effects could only make long responses drift apart), each seeded form
-against its own first round, and engine against n1x128_seeded_lp8 (equal only where `response_seed` is
-base + k, not the per-response hash the engine uses today). Writes JSON (tokens/s per form, median of the
+against its own first round, and engine against n1x128_seeded_lp8 (equal since the engine seeds base + k,
+2026-12-05; before, it used a per-response hash). Writes JSON (tokens/s per form, median of the
 timed rounds, ratios to `n16`) and prints it. VLLM_USE_V2_MODEL_RUNNER=0 in the environment runs the
 same on vLLM's v1 model runner (its sampler draws seeded rows one generator at a time); the JSON records it.
 On a machine without CUDA it runs against a stand-in `vllm` module on PYTHONPATH (a smoke of the
@@ -61,8 +61,8 @@ def main() -> None:
 
     import vllm_engine as bench  # benchmarks/vllm_engine.py: rows and params
     from grpolab.model import load as models
-    from grpolab.rollout.engine import Sampling, prompt_seed, response_seed
-    from grpolab.rollout.vllm_engine import VLLMEngine
+    from grpolab.rollout.engine import Sampling, prompt_seed
+    from grpolab.rollout.vllm_engine import VLLMEngine, request_seed
 
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -77,7 +77,7 @@ def main() -> None:
     start_s = time.perf_counter() - t0
     llm, eos, N, R = eng.llm, eng.eos, bench.N, a.resp
     seeds = [prompt_seed(p.seed, 999, i) for i in range(len(ids))]
-    base = [response_seed(s, 0) for s in seeds]
+    base = [request_seed(s) for s in seeds]
 
     def sp(n=1, seed=None, lp=False):
         return SamplingParams(n=n, temperature=p.temperature, top_p=p.top_p, top_k=0, max_tokens=R,

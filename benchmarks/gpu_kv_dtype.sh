@@ -19,6 +19,8 @@
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH=/tmp/site:$repo/src VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+# a VLLMEngine made outside our trainer (gen_forms.py) has no process group: vLLM then makes one over env://
+export MASTER_ADDR=${MASTER_ADDR:-127.0.0.1} MASTER_PORT=${MASTER_PORT:-29517}
 model=/tmp/qwen3-0.6b-random
 t0=$(date +%s)
 cmd=$1; shift

@@ -205,7 +205,7 @@ def bare(a) -> dict:
 
     from grpolab.model import load as models
     from grpolab.rollout.engine import Sampling, prompt_seed
-    from grpolab.rollout.vllm_engine import logprob_rows, request_plan, sampling_kwargs
+    from grpolab.rollout.vllm_engine import request_groups, request_plan, sampling_kwargs
 
     tok = models.load_tokenizer(a.model)
     rows = prompt_rows(tok)[:PROMPTS]
@@ -232,13 +232,14 @@ def bare(a) -> dict:
     tps_plain, toks = timed([{"prompt_token_ids": x} for x in ids], plain)
     plan = request_plan(ids, N, [prompt_seed(0, 999, i) for i in range(len(ids))])
     s = Sampling(N, 1.0, 1.0, RESP)
-    ask = logprob_rows(plan, N, every=False)  # as the engine asks (rollout.logprobs: sample); until 2026-12-05
-    # every request asked, so "with our requests" measured log-probs for all 128 responses, not the seeds
-    tps_ours = timed([{"prompt_token_ids": ids[g]} for g, _ in plan],
-                     [SamplingParams(**sampling_kwargs(s, seed, tok.eos_token_id, lp))
-                      for (_, seed), lp in zip(plan, ask)])[0]
-    unseeded = [SamplingParams(**sampling_kwargs(s, None, tok.eos_token_id, lp)) for lp in ask]
-    tps_unseeded = timed([{"prompt_token_ids": ids[g]} for g, _ in plan], unseeded)[0]
+    groups = request_groups(plan, N, every=False)  # as the engine sends them (rollout.logprobs: sample)
+    # until 2026-12-05 every request asked log-probs, so "with our requests" measured log-probs for all
+    # 128 responses, not the seeds; until a later commit that day, one request per response
+    reqs = [{"prompt_token_ids": ids[plan[r][0]]} for r, _, _ in groups]
+    tps_ours = timed(reqs, [SamplingParams(**{**sampling_kwargs(s, plan[r][1], tok.eos_token_id, lp), "n": m})
+                            for r, m, lp in groups])[0]
+    unseeded = [SamplingParams(**{**sampling_kwargs(s, None, tok.eos_token_id, lp), "n": m}) for _, m, lp in groups]
+    tps_unseeded = timed(reqs, unseeded)[0]
     out = {"bare_vllm_gen_tokens_per_s": tps_plain, "bare_tokens": toks, "start_s": start_s, "kv_cache_dtype": KV,
            "response_tokens": RESP,
            "bare_with_our_requests_tokens_per_s": tps_ours,

@@ -14,10 +14,10 @@ from grpolab.params import schema as config
 from grpolab.model import load as models
 from grpolab.train import validation
 from grpolab.rollout.engine import (HFEngine, Rollout, Sampling, engine_errors, logprob_gap, make_engine,
-                             padded_logprobs, response_seed)
+                             padded_logprobs)
 from grpolab.rollout.vllm_engine import (Completion, VLLMEngine, WeightSyncError, buckets, compare_checksums,
-                                  engine_view, logprob_rows, request_plan, sampling_kwargs, tensor_checksum,
-                                  to_rollout)
+                                  engine_view, request_groups, request_plan, request_seed, sampling_kwargs,
+                                  tensor_checksum, to_rollout)
 
 QWEN3_06B = {"model_type": "qwen3", "hidden_size": 1024, "num_hidden_layers": 28, "num_attention_heads": 16,
              "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 3072, "vocab_size": 151936,
@@ -89,9 +89,28 @@ def test_sampling_params_and_request_order_follow_params_and_seeds():
                       detokenize=False, stop_token_ids=[5])
     prompts = [[1, 2], [3], [4, 5, 6]]
     plan = request_plan(prompts, 2, seeds=[11, 22, 33])
-    assert plan == [(0, response_seed(11, 0)), (0, response_seed(11, 1)), (1, response_seed(22, 0)),
-                    (1, response_seed(22, 1)), (2, response_seed(33, 0)), (2, response_seed(33, 1))]
+    assert plan == [(0, request_seed(11)), (0, request_seed(11) + 1), (1, request_seed(22)),
+                    (1, request_seed(22) + 1), (2, request_seed(33)), (2, request_seed(33) + 1)]
     assert request_plan(prompts, 2, seeds=None) == [(g, None) for g in (0, 0, 1, 1, 2, 2)]
+
+
+def test_request_groups_sample_the_seeds_of_one_request_per_response():
+    """vLLM seeds child k of a request (n, seed s) with s + k: the grouped requests must hand every row
+    the seed the plan gives it, whatever n and whichever rows ask for log-probs."""
+    prompts = [[1], [2, 3], [4]]
+    seeds = [7, 2**63 - 1, 0]
+    for n in (1, 2, 16):
+        plan = request_plan(prompts, n, seeds)
+        for every in (False, True):
+            groups = request_groups(plan, n, every)
+            rows = [(r + j, plan[r][1] + j, lp) for r, m, lp in groups for j in range(m)]
+            assert [r for r, _, _ in rows] == list(range(len(plan)))  # every row once, in order
+            assert [s for _, s, _ in rows] == [s for _, s in plan]
+            assert all(plan[r][0] == plan[r + j][0] for r, m, _ in groups for j in range(m))  # one prompt each
+            assert [lp for *_, lp in rows] == [every or r % n == 0 for r in range(len(plan))]
+            assert len(groups) == len(prompts) * (1 if every or n == 1 else 2)
+    assert all(0 <= request_seed(s) + 15 < 2**63 for s in seeds)
+    assert len({request_seed(s) for s in range(1000)}) == 1000
 
 
 def test_completions_become_a_group_contiguous_rollout():
@@ -106,8 +125,8 @@ def test_completions_become_a_group_contiguous_rollout():
     assert torch.equal(lp, torch.tensor([[-0.1, -0.2, 0], [-0.3, 0, 0], [-1, -1, -1], [-0.5, 0, 0]]))
     assert rows.all()
     # log-probs asked for the first response of each prompt only (rollout.logprobs: sample)
-    assert logprob_rows(plan, 2, every=False) == [True, False, True, False]
-    assert logprob_rows(plan, 2, every=True) == [True] * 4
+    assert [lp for _, m, lp in request_groups(plan, 2, every=False) for _ in range(m)] == [True, False, True, False]
+    assert [lp for _, m, lp in request_groups(plan, 2, every=True) for _ in range(m)] == [True] * 4
     assert sampling_kwargs(Sampling(2, 1.0, 1.0, 4), 1, None, logprobs=False)["logprobs"] is None
     sampled = to_rollout(prompts, plan, [Completion(c.token_ids, c.logprobs if i % 2 == 0 else None,
                                                     c.finished_by_length) for i, c in enumerate(comps)])

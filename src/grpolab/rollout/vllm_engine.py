@@ -9,8 +9,9 @@ torchrun or our Ray actors already made (vLLM calls the ranks outside its tensor
 
     wake()          take the GPU memory back: weights first, then the pending weight push, then the
                     KV cache; the prefix cache is reset (it holds the old policy's keys and values)
-    generate()      one request per response, seeded from its prompt's seed (`response_seed`), so a
-                    response depends on its seed only, not on the world size or what shares the batch
+    generate()      per prompt, seeded requests of n whose child k has seed `request_seed(prompt) + k`
+                    (`request_groups`), so a response depends on its seed only, not on the world size
+                    or what shares the batch
     sleep()         vLLM sleep mode (level `rollout.sleep_level`): releases its weights and KV cache
                     while the trainer computes log-probs and updates
     sync_weights()  after every optimizer step and after a resume: marks the trainer's weights as
@@ -44,7 +45,7 @@ from dataclasses import dataclass
 
 import torch
 
-from grpolab.rollout.engine import EngineMemory, Rollout, Sampling, response_seed
+from grpolab.rollout.engine import EngineMemory, Rollout, Sampling
 from grpolab.model.load import load_tokenizer
 from grpolab.util import GrpolabError
 
@@ -129,9 +130,19 @@ def buckets(named, limit_bytes: int):
         yield cur
 
 
+def request_seed(prompt_seed: int) -> int:
+    """The seed of a prompt's first response; response k has this + k, the seed vLLM gives child k of a
+    request with n > 1 and this seed (vllm/v1/engine/parallel_sampling.py), so one request of n samples
+    the same responses as n requests of one (measured on an H200, 2026-12-05: 128 of 128 identical).
+    The hf engine keeps `response_seed` (a hash per response); the engines sample differently anyway.
+    Until 2026-12-05 this engine used `response_seed` too: a given seed now samples other responses."""
+    return (prompt_seed * 1_000_033 + 1) % (2**62)
+
+
 def request_plan(prompt_ids: list[list[int]], n: int, seeds: list[int] | None) -> list[tuple[int, int | None]]:
-    """One request per response, prompt-major (row = prompt * n + k): (prompt index, seed or None)."""
-    return [(g, None if seeds is None else response_seed(seeds[g], k))
+    """One row per response, prompt-major (row = prompt * n + k): (prompt index, seed or None), the seed
+    of response k being `request_seed(prompt seed) + k`."""
+    return [(g, None if seeds is None else request_seed(seeds[g]) + k)
             for g in range(len(prompt_ids)) for k in range(n)]
 
 
@@ -143,11 +154,17 @@ class Completion:
     finished_by_length: bool
 
 
-def logprob_rows(plan: list[tuple[int, int | None]], n: int, every: bool) -> list[bool]:
-    """Which requests ask vLLM for sampling log-probs: all of them, or the first response of each
-    prompt. Returning log-probs costs vLLM a Python object per token, so the monitor
-    (rollout/logprob_diff_*) samples one response per prompt unless TIS needs them all."""
-    return [every or i % n == 0 for i in range(len(plan))]
+def request_groups(plan: list[tuple[int, int | None]], n: int, every: bool) -> list[tuple[int, int, bool]]:
+    """The requests that sample a seeded plan (prompt-major, n rows per prompt): (first row, n of the
+    request, log-probs asked). vLLM gives child k of a request seeded s the seed s + k (`request_seed`),
+    so a prompt's responses are those of one seeded request per response.
+    Log-probs for every response (`every`): one request of n per prompt; else the first response of
+    each prompt asks them (the monitor's sample, rollout/logprob_diff_*: vLLM builds a Python object
+    per returned token) in a request of its own, and the other n - 1 go in one request without."""
+    out = []
+    for r in range(0, len(plan), n):
+        out += [(r, n, True)] if every or n == 1 else [(r, 1, True), (r + 1, n - 1, False)]
+    return out
 
 
 def to_rollout(prompt_ids: list[list[int]], plan: list[tuple[int, int | None]],
@@ -264,16 +281,19 @@ class VLLMEngine:
         if seeds is None:  # one request of n per prompt, sampled from the engine's generator (faster)
             prompts = [{"prompt_token_ids": ids} for ids in prompt_ids]
             params = SamplingParams(**{**sampling_kwargs(sampling, None, self.eos), "n": sampling.n})
-        else:  # one request per response, each with its own seeded generator
-            prompts = [{"prompt_token_ids": prompt_ids[g]} for g, _ in plan]
-            ask = logprob_rows(plan, sampling.n, self.p.rollout.logprobs == "all" or bool(self.p.tis_imp_ratio_cap))
-            params = [SamplingParams(**sampling_kwargs(sampling, s, self.eos, a)) for (_, s), a in zip(plan, ask)]
+        else:  # per prompt, seeded requests whose children get seeds request_seed(prompt) + k
+            reqs = request_groups(plan, sampling.n,
+                                  self.p.rollout.logprobs == "all" or bool(self.p.tis_imp_ratio_cap))
+            prompts = [{"prompt_token_ids": prompt_ids[plan[r][0]]} for r, _, _ in reqs]
+            params = [SamplingParams(**{**sampling_kwargs(sampling, plan[r][1], self.eos, lp), "n": m})
+                      for r, m, lp in reqs]
         t0 = time.perf_counter()
         outs = self.llm.generate(prompts, params, use_tqdm=False)
         self.timings["generate_s"] = time.perf_counter() - t0
         comps = [Completion(list(c.token_ids), None if c.logprobs is None else
                             [step[t].logprob for t, step in zip(c.token_ids, c.logprobs)],
-                            c.finish_reason == "length") for o in outs for c in o.outputs]
+                            c.finish_reason == "length")
+                 for o in outs for c in sorted(o.outputs, key=lambda c: c.index)]  # child k = row k
         return to_rollout(prompt_ids, plan, comps)
 
     def sync_weights(self, model) -> None:
