@@ -2,11 +2,11 @@
 
     python benchmarks/issue23_record.py --ours-512 ours-512-auto.json --trl-512 trl-512.json \
         --ours-2048 ours-2048-auto.json --ours-2048-fp8 ours-2048-fp8.json --trl-2048 trl-2048.json \
-        --phase phase.json --gpu h200 --out benchmarks/results/DATE-h200-vs-trl.json
+        --phase phase.json [--forms forms-512.json] --gpu h200 --out benchmarks/results/DATE-h200-vs-trl.json
 
-Ratios are of median steps (first step, with compilation and CUDA-graph capture, left out on both sides);
-`gen_ratio_bare` is our engine's generation rate (one seeded request per response, log-probs for the first of
-each prompt) over vLLM's plain n=16 request per prompt on the same engine, at 512 tokens, bf16 KV.
+The 2048 files may be left out (a run that lost its machine): their keys are then null. Ratios are of median steps (first step, with compilation and CUDA-graph capture, left out on both sides);
+`gen_ratio_bare` is our engine's generation rate (seeded requests as this checkout sends them, log-probs for
+the first response of each prompt) over vLLM's plain n=16 request per prompt on the same engine, at 512 tokens, bf16 KV.
 """
 from __future__ import annotations
 
@@ -36,35 +36,52 @@ def pick(d: dict, keys) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    for k in ("ours-512", "trl-512", "ours-2048", "ours-2048-fp8", "trl-2048", "phase"):
+    for k in ("ours-512", "trl-512", "phase"):
         ap.add_argument(f"--{k}", required=True)
+    for k in ("ours-2048", "ours-2048-fp8", "trl-2048"):  # a run that lost its machine records what it has
+        ap.add_argument(f"--{k}", default="")
+    ap.add_argument("--forms", default="", help="benchmarks/gen_forms.py's JSON at 512 tokens")
     ap.add_argument("--gpu", required=True)
     ap.add_argument("--note", action="append", default=[])
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    o512, t512, o2k, f2k, t2k, ph = (load(x) for x in (a.ours_512, a.trl_512, a.ours_2048, a.ours_2048_fp8,
-                                                        a.trl_2048, a.phase))
-    r512 = o512["step_s_median"] / t512["step_s_median"]
-    r2k = o2k["step_s_median"] / t2k["step_s_median"]
-    r2k_fp8 = f2k["step_s_median"] / t2k["step_s_median"]
+    o512, t512, ph = load(a.ours_512), load(a.trl_512), load(a.phase)
+    o2k, f2k, t2k, forms = (load(x) if x else None for x in (a.ours_2048, a.ours_2048_fp8, a.trl_2048, a.forms))
+
+    def ratio(o, t):
+        return None if o is None or t is None else o["step_s_median"] / t["step_s_median"]
+
+    def goal(o, t):
+        r = ratio(o, t)
+        return None if r is None else {"met": r <= STEP_GOAL,
+                                       "gap_s": o["step_s_median"] - STEP_GOAL * t["step_s_median"]}
+
+    r512 = ratio(o512, t512)
+    gen = o512["gen_ratio_bare_same_engine"]
     out = {
         "date": datetime.date.today().isoformat(), "gpu": a.gpu, "gpu_name": t512.get("gpu"),
         "trl_step_ratio_vllm_512": r512,
-        "trl_step_ratio_vllm_2048": r2k,
-        "trl_step_ratio_vllm_2048_fp8_kv": r2k_fp8,
-        "gen_ratio_bare": o512["gen_ratio_bare_same_engine"],
-        "gen_ratio_bare_2048": o2k["gen_ratio_bare_same_engine"],
-        "gen_ratio_bare_2048_fp8_kv": f2k["gen_ratio_bare_same_engine"],
+        "trl_step_ratio_vllm_2048": ratio(o2k, t2k),
+        "trl_step_ratio_vllm_2048_fp8_kv": ratio(f2k, t2k),
+        "gen_ratio_bare": gen,
+        "gen_ratio_bare_2048": o2k and o2k["gen_ratio_bare_same_engine"],
+        "gen_ratio_bare_2048_fp8_kv": f2k and f2k["gen_ratio_bare_same_engine"],
         "train_mfu": ph["train_mfu"],
         "train_mfu_setting": f"benchmarks/train_phase.py one --variant {ph['variant']} --shape {ph['shape']} "
                              f"(matmul rate {ph['matmul_tflops']:.0f} TFLOP/s measured in the same process)",
         "goals": {
-            "step_ratio_le": STEP_GOAL,
-            "step_512": {"met": r512 <= STEP_GOAL, "gap_s": o512["step_s_median"] - STEP_GOAL * t512["step_s_median"]},
-            "step_2048": {"met": r2k <= STEP_GOAL, "gap_s": o2k["step_s_median"] - STEP_GOAL * t2k["step_s_median"]},
-            "gen_ratio_ge": GEN_GOAL, "gen_512": {"met": o512["gen_ratio_bare_same_engine"] >= GEN_GOAL},
+            "step_ratio_le": STEP_GOAL, "step_512": goal(o512, t512), "step_2048": goal(o2k, t2k),
+            "gen_ratio_ge": GEN_GOAL, "gen_512": {"met": gen >= GEN_GOAL},
         },
-        "kv_cache_dtype_2048": {
+        "ours_512": pick(o512, KEEP_OURS), "trl_512": pick(t512, KEEP_TRL),
+        "train_phase": {k: v for k, v in ph.items() if k not in ("steps",)},
+        "notes": a.note,
+    }
+    if forms is not None:
+        out["gen_forms_512"] = {k: forms[k] for k in forms if k in ("tokens_per_s", "ratio_to_n16", "seconds",
+                                                                     "model_runner_v2") or k.startswith("agree")}
+    if o2k is not None and f2k is not None:
+        out["kv_cache_dtype_2048"] = {
             "bf16_gen_tokens_per_s": o2k["gen_tokens_per_s"], "fp8_gen_tokens_per_s": f2k["gen_tokens_per_s"],
             "bf16_bare_n16_tokens_per_s": o2k["bare_n16_same_engine_tokens_per_s"],
             "fp8_bare_n16_tokens_per_s": f2k["bare_n16_same_engine_tokens_per_s"],
@@ -74,12 +91,10 @@ def main() -> None:
             "fp8_logprob_diff_mean_steps": f2k["logprob_diff_mean_steps"],
             "bf16_logprob_diff_max_steps": o2k["logprob_diff_max_steps"],
             "fp8_logprob_diff_max_steps": f2k["logprob_diff_max_steps"],
-        },
-        "ours_512": pick(o512, KEEP_OURS), "trl_512": pick(t512, KEEP_TRL),
-        "ours_2048": pick(o2k, KEEP_OURS), "ours_2048_fp8_kv": pick(f2k, KEEP_OURS), "trl_2048": pick(t2k, KEEP_TRL),
-        "train_phase": {k: v for k, v in ph.items() if k not in ("steps",)},
-        "notes": a.note,
-    }
+        }
+    for key, d, keep in (("ours_2048", o2k, KEEP_OURS), ("ours_2048_fp8_kv", f2k, KEEP_OURS), ("trl_2048", t2k, KEEP_TRL)):
+        if d is not None:
+            out[key] = pick(d, keep)
     Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps({k: out[k] for k in ("trl_step_ratio_vllm_512", "trl_step_ratio_vllm_2048",
                                           "trl_step_ratio_vllm_2048_fp8_kv", "gen_ratio_bare", "gen_ratio_bare_2048",
