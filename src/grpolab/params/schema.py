@@ -158,8 +158,8 @@ class RolloutCfg(_Strict):
     weight_bucket_mb: int = D(512, "vLLM weight push: MiB handed to load_weights at once", gt=0)
     check_weights: bool = D(True, "vLLM: checksum every pushed tensor read back from the engine (TP 1)")
     seed_responses: bool = D(True, "One seed per response (from seed, step, prompt index): rollouts "
-                                   "independent of world size and batching; false lets vLLM batch-sample "
-                                   "from its engine seed (faster, not world-size independent)")
+                                   "independent of world size and batching, at vLLM's plain rate; false "
+                                   "lets vLLM sample from its engine seed (not world-size independent)")
     logprobs: Literal["sample", "all"] = D("sample", "vLLM: responses whose sampling log-probs are returned "
                                                      "for rollout/logprob_diff_*: sample = the first of each "
                                                      "prompt (cheaper), all = every response (always so with "
