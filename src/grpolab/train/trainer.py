@@ -312,11 +312,13 @@ class Trainer:
         2026-12-05; tests and benchmarks compare against it)."""
         return True
 
+    def mini_rows(self) -> int:
+        """Rows of one mini-batch on this rank."""
+        return (self.p.train_prompt_mini_bsz // self.ctx.world) * self.p.n_resp_per_prompt
+
     def own_old_rows(self, n_rows: int) -> int:
         """How many of this rank's first rows (the first mini-batch) take the update's own log-probs as old."""
-        if not self.on_policy():
-            return 0
-        return min(n_rows, (self.p.train_prompt_mini_bsz // self.ctx.world) * self.p.n_resp_per_prompt)
+        return min(n_rows, self.mini_rows()) if self.on_policy() else 0
 
     def learn(self, batch: dict, adv: torch.Tensor, rollout, timing: dict) -> dict:
         """Old and reference log-probs, then the updates; fills timing_s/{old_log_prob, ref,
@@ -364,7 +366,7 @@ class Trainer:
         Returns the metrics, the old log-probs used (N, R) and which rows have them (N,) bool."""
         p, ctx = self.p, self.ctx
         mask = batch["response_mask"]
-        per_mini = (p.train_prompt_mini_bsz // ctx.world) * p.n_resp_per_prompt
+        per_mini = self.mini_rows()
         N = mask.shape[0]
         seen = torch.zeros_like(mask) if old_logp is None else old_logp
         filled = torch.arange(N, device=self.device) >= own
