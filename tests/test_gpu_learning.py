@@ -13,6 +13,7 @@ and compilation off. With GRPOLAB_LEARNING_RECORD=path the two curves are writte
 Environment overrides (issue 23; unset = the recipe as above, unchanged):
 GRPOLAB_KV_CACHE_DTYPE=fp8 (or fp8_e4m3, fp8_e5m2, auto) sets `rollout.kv_cache_dtype`, handed to vLLM as is;
 it is then recorded in the JSON record (`kv_cache_dtype`) and in each run's extras.
+GRPOLAB_ROLLOUT_MODE=one_step_off sets `rollout.mode` (recorded as `rollout_mode` in the record and extras).
 GRPOLAB_LEARNING_PROGRESS=1 prints one line per step (score, log-prob gap), so that a run cut short by a
 time limit still shows how far it got.
 
@@ -43,6 +44,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
 
 CURVES: dict[str, list[float]] = {}
 KV_CACHE_DTYPE = os.environ.get("GRPOLAB_KV_CACHE_DTYPE") or None  # None: the recipe's own (`auto`)
+ROLLOUT_MODE = os.environ.get("GRPOLAB_ROLLOUT_MODE") or None  # None: the recipe's own (`sync`)
 
 
 def gpu_recipe(model_dir: Path, data_dir: Path, out_dir: Path):
@@ -50,6 +52,8 @@ def gpu_recipe(model_dir: Path, data_dir: Path, out_dir: Path):
     raw["rollout"].update(engine="vllm", gpu_memory_utilization=0.05, enforce_eager=True)
     if KV_CACHE_DTYPE is not None:
         raw["rollout"]["kv_cache_dtype"] = KV_CACHE_DTYPE
+    if ROLLOUT_MODE is not None:
+        raw["rollout"]["mode"] = ROLLOUT_MODE
     raw["trainer"].update(device="cuda", use_torch_compile=False)
     return tl.config.validate(raw)
 
@@ -79,6 +83,9 @@ def _train(model_dir: str, data_dir: str, out_dir: str, advantage_sign: float) -
         extra["kv_cache_dtype"] = p.rollout.kv_cache_dtype
         extra["logprob_diff_mean_curve"] = [h.get("rollout/logprob_diff_mean") for h in res.history]
         extra["logprob_diff_max_curve"] = [h.get("rollout/logprob_diff_max") for h in res.history]
+    if ROLLOUT_MODE is not None:
+        extra["rollout_mode"] = p.rollout.mode
+        extra["staleness_curve"] = [h.get("rollout/staleness") for h in res.history]
     return [h["critic/score/mean"] for h in res.history], extra
 
 
@@ -110,7 +117,8 @@ def run_vllm(toy_setup, name: str, advantage_sign: float) -> tuple[list[float], 
     CURVES[name], CURVES[name + "_extra"] = scores, extra
     record = os.environ.get("GRPOLAB_LEARNING_RECORD")
     if record:
-        rec = CURVES if KV_CACHE_DTYPE is None else {"kv_cache_dtype": KV_CACHE_DTYPE, **CURVES}
+        rec = {**({} if KV_CACHE_DTYPE is None else {"kv_cache_dtype": KV_CACHE_DTYPE}),
+               **({} if ROLLOUT_MODE is None else {"rollout_mode": ROLLOUT_MODE}), **CURVES}
         Path(record).write_text(json.dumps(rec, indent=1) + "\n")
     return scores, extra["wall_s"], extra
 

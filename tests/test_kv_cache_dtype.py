@@ -59,6 +59,16 @@ def test_fp8_preflight_holds_twice_the_tokens(tp):
     assert auto.kv_tokens == int(auto.kv_budget_bytes // per_token)
 
 
+def test_one_step_off_holds_the_engine_memory_during_training():
+    """rollout.mode one_step_off keeps vLLM awake through the update: the preflight must not count its
+    memory as released."""
+    shape, dev = preflight.shape(QWEN3_06B), 80 * 2**30
+    sync = VLLMEngine.memory(config.validate({}), shape, dev, 2)
+    off = VLLMEngine.memory(config.validate({"rollout": {"mode": "one_step_off"}}), shape, dev, 2)
+    assert sync.released_in_training and not off.released_in_training
+    assert off.kv_tokens == sync.kv_tokens
+
+
 def test_fp8_lets_a_small_budget_hold_a_long_sequence():
     """0.5 of a 24 GiB card with 32k-token sequences: bf16 KV is refused, fp8 KV fits."""
     shape = preflight.shape(QWEN3_06B)

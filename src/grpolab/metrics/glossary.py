@@ -61,6 +61,8 @@ GLOSSARY: dict[str, str] = {
     "rollout/logprob_diff_mean": "mean |trainer - vLLM| log-prob of the sampled response tokens: ~0.01 is "
                                  "bf16 noise, order 1 means vLLM sampled from other (stale) weights",
     "rollout/logprob_diff_max": "largest |trainer - vLLM| log-prob over the step's response tokens",
+    "rollout/staleness": "updates between the weights that sampled the step's responses and the weights it "
+                         "trains: 0 (rollout.mode sync, and one_step_off's first step after a start), 1 (one_step_off)",
     # lengths (tokens)
     "response_length/mean": "mean response length in tokens",
     "response_length/max": "longest response in tokens",
@@ -74,7 +76,9 @@ GLOSSARY: dict[str, str] = {
     "training/global_step": "training step number (1-based)",
     "training/epoch": "epoch (0-based) of the step's first prompt",
     "timing_s/step": "wall seconds of the whole training step (validation and checkpoints excluded)",
-    "timing_s/gen": "wall seconds of the rollout (generation)",
+    "timing_s/gen": "wall seconds of the rollout (generation); one_step_off: what the step waited for "
+                    "rollouts (its own on a fresh start, the next step's not hidden behind the update)",
+    "timing_s/gen_wait": "one_step_off: wall seconds waited after the update for the next step's rollout",
     "timing_s/reward": "wall seconds of scoring the responses",
     "timing_s/adv": "wall seconds of group filtering, advantages and batch packing",
     "timing_s/old_log_prob": "wall seconds of recomputing the old policy's log-probs",

@@ -147,6 +147,12 @@ class RolloutCfg(_Strict):
                 "gpu_memory_utilization and half the bytes read per decode step, at a larger log-prob gap to "
                 "the trainer (rollout/logprob_diff_*; measured in docs/gpu-runs.md). verl has no key of its own: "
                 "rollout.engine_kwargs.vllm.kv_cache_dtype")
+    mode: Literal["sync", "one_step_off"] = D(
+        "sync", "sync: each step trains on responses of the weights it starts from; one_step_off: the next "
+                "step's responses are generated while this step learns (vllm: overlapped on the GPU, the engine "
+                "stays awake), so a step trains on responses one update old (rollout/staleness 1; old log-probs "
+                "are recomputed under the current weights, tis_imp_ratio_cap corrects the gap). "
+                "grpolab.rollout.ahead. verl: recipe one_step_off_policy")
     enable_sleep_mode: bool = D(True, "vLLM frees its memory during log-probs and updates. verl: "
                                       "rollout.free_cache_engine")
     sleep_level: Literal[1, 2] = D(2, "vLLM sleep level: 1 keeps weights in CPU memory, 2 drops them "

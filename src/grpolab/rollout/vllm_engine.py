@@ -17,6 +17,10 @@ torchrun or our Ray actors already made (vLLM calls the ranks outside its tensor
     sync_weights()  after every optimizer step and after a resume: marks the trainer's weights as
                     pending; they are pushed at the next wake (a sleeping engine has nowhere to put them)
 
+With `rollout.mode: one_step_off` the engine stays awake through the update, generating the next
+step's rollout in a thread of its own (grpolab.rollout.ahead), and the weights are pushed as soon as
+both are done; the preflight then counts its memory as held during training.
+
 The push gathers the FSDP2 shards one parameter at a time (`DTensor.full_tensor`), casts to the
 engine's dtype and hands buckets of `rollout.weight_bucket_mb` to vLLM's own `load_weights` (it fuses
 q/k/v and gate/up itself; with tied embeddings it skips `lm_head`): the whole model is never
@@ -198,6 +202,8 @@ def sampling_kwargs(sampling: Sampling, seed: int | None, eos_id: int | None, lo
 class VLLMEngine:
     """One colocated vLLM engine on this rank (see the module docstring)."""
 
+    concurrent = True  # its own copy of the weights: rollout.mode one_step_off generates beside the update
+
     @staticmethod
     def check(p) -> list[str]:
         errs = []
@@ -230,7 +236,8 @@ class VLLMEngine:
         elif kv_tokens < seq:
             problems.append(f"vLLM's KV cache holds {kv_tokens:,} tokens, less than one {seq:,}-token sequence")
         return EngineMemory(budget, kv_budget, kv_tokens,
-                            released_in_training=p.rollout.enable_sleep_mode, problems=problems)
+                            released_in_training=p.rollout.enable_sleep_mode and p.rollout.mode == "sync",
+                            problems=problems)
 
     @classmethod
     def create(cls, p, model_dir, model=None, tokenizer=None, device=None) -> "VLLMEngine":

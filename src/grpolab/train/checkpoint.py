@@ -139,9 +139,10 @@ def set_rng_state(st: dict) -> None:
 
 
 def save(root: Path, step: int, model, optimizer, state: dict, keep: int, rank: int,
-         own: list[int] | None = None) -> Path:
+         own: list[int] | None = None, extra: dict | None = None) -> Path:
     """Collective: every rank calls it. Returns the final checkpoint folder. `own`: the steps this
-    run saved before (retention deletes only those, the oldest first, keeping `keep` in all)."""
+    run saved before (retention deletes only those, the oldest first, keeping `keep` in all).
+    `extra`: this rank's own objects to keep (extra_rank{r}.pt, in the manifest; `load_extra`)."""
     final = root / f"{PREFIX}{step}"
     tmp = root / f"{PREFIX}{step}.tmp"
     if rank == 0:
@@ -152,6 +153,8 @@ def save(root: Path, step: int, model, optimizer, state: dict, keep: int, rank: 
     msd, osd = get_state_dict(model, optimizer)
     dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp))
     torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
+    if extra is not None:
+        torch.save(extra, tmp / f"extra_rank{rank}.pt")
     dist.barrier()
     if rank == 0:
         (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1) + "\n")
@@ -205,3 +208,8 @@ def load(ckpt: Path, model, optimizer, rank: int) -> dict:
     set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
     set_rng_state(torch.load(ckpt / f"rng_rank{rank}.pt", weights_only=False))
     return read_state(ckpt)
+
+
+def load_extra(ckpt: Path, rank: int) -> dict:
+    """This rank's `extra` of `save` (verified with the rest of the checkpoint by `find_valid`)."""
+    return torch.load(ckpt / f"extra_rank{rank}.pt", weights_only=False)

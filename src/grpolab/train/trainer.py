@@ -49,7 +49,8 @@ from grpolab.train.passes import (apply_liger, checkpoint_layers, compile_layers
                      micro_splits, token_weighted)
 from grpolab.params.schema import Params
 from grpolab.reward.functions import RewardFunctions
-from grpolab.rollout.engine import Sampling, logprob_gap, make_engine, padded_logprobs, prompt_seed
+from grpolab.rollout.ahead import Ahead
+from grpolab.rollout.engine import Rollout, Sampling, logprob_gap, make_engine, padded_logprobs, prompt_seed
 
 
 @dataclass
@@ -136,6 +137,17 @@ class PromptSampler:
 
 
 @dataclass
+class Prompts:
+    """One step's prompts on this rank: which rows of the step (`batch_idx`: training-set indices of the
+    whole step, `positions`: this rank's), the epoch of its first prompt, and each prompt's sampling seed."""
+    step: int
+    epoch: int
+    batch_idx: list[int]
+    positions: list[int]
+    seeds: list[int]
+
+
+@dataclass
 class Hooks:
     """What a caller learns from `Trainer.fit`, given at construction (all optional):
     `start(trainer) -> ids` once the run knows where it starts (after a resume), returning the run's
@@ -198,6 +210,8 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm))
         self.engine = make_engine(p, model_dir, model=self.model, tokenizer=self.tok, device=self.device)
         self.sampler = PromptSampler(len(self.train_set), p.seed, p.data.shuffle)
+        self.ahead_pool = Ahead()
+        self.ahead: tuple[Prompts, Rollout] | None = None  # one_step_off: the next step's prompts and rollout
         self.loss_cfg = loss_config(p)
         self.step = 0
         self.history: list[dict] = []
@@ -234,24 +248,45 @@ class Trainer:
         return min(p.trainer.total_training_steps, per_epoch * p.trainer.total_epochs)
 
     # ---------------------------------------------------------------------------------------------
-    def train_step(self) -> dict:
-        p, ctx, t0 = self.p, self.ctx, time.perf_counter()
+    def next_prompts(self, step: int) -> Prompts:
+        """Take step `step`'s prompts from the sampler (this rank's share, with their seeds)."""
+        p = self.p
         epoch = self.sampler.pos // self.sampler.n  # 0-based epoch of the step's first prompt (verl)
         batch_idx, _ = self.sampler.take(p.train_prompt_bsz)
-        positions = rank_prompts(list(range(len(batch_idx))), p.train_prompt_mini_bsz, ctx.rank, ctx.world)
-        examples = [self.train_set[batch_idx[i]] for i in positions]
+        positions = rank_prompts(list(range(len(batch_idx))), p.train_prompt_mini_bsz, self.ctx.rank, self.ctx.world)
+        return Prompts(step, epoch, batch_idx, positions, [prompt_seed(p.seed, step, i) for i in positions])
+
+    def examples(self, job: Prompts) -> list:
+        return [self.train_set[job.batch_idx[i]] for i in job.positions]
+
+    def rollout(self, job: Prompts) -> Rollout:
+        """n responses per prompt, each prompt's group seeded by its position in the step."""
+        p = self.p
+        return self.engine.generate(self.prompt_ids(self.examples(job)), Sampling(
+            p.n_resp_per_prompt, p.temperature, p.top_p, p.max_response_length), seeds=job.seeds)
+
+    def train_step(self) -> dict:
+        p, ctx, t0 = self.p, self.ctx, time.perf_counter()
         timing, clock = {}, time.perf_counter
 
         def lap(name: str, since: float) -> float:
             timing[name] = clock() - since
             return clock()
 
-        # 1. rollout: n responses per prompt, each prompt's group seeded by its position in the step
-        seeds = [prompt_seed(p.seed, self.step, i) for i in positions]
+        # 1. rollout: this step's (generated during the last step with one_step_off), then the next one's
         self.engine.wake()  # takes its memory back (and the pending weight push) before generating
-        rollout = self.engine.generate(self.prompt_ids(examples), Sampling(
-            p.n_resp_per_prompt, p.temperature, p.top_p, p.max_response_length), seeds=seeds)
-        self.engine.sleep()  # frees it for log-probs and updates
+        if self.ahead is not None:
+            (job, rollout), self.ahead, staleness = self.ahead, None, 1
+        else:
+            job = self.next_prompts(self.step)
+            rollout, staleness = self.rollout(job), 0
+        nxt = future = None
+        if p.rollout.mode == "one_step_off" and self.step < self.total_steps():
+            nxt = self.next_prompts(self.step + 1)
+            future = self.ahead_pool.submit(self.engine, lambda: self.rollout(nxt))  # this step's weights
+        else:
+            self.engine.sleep()  # frees it for log-probs and updates
+        epoch, examples = job.epoch, self.examples(job)
         t = lap("gen", t0)
         # 2. reward
         texts = self.tok.batch_decode(rollout.response_ids, skip_special_tokens=True)
@@ -275,8 +310,13 @@ class Trainer:
         t = lap("adv", t)
         # 4-5. old and reference log-probs, then ppo_epochs x mini-batches of updates
         metrics.update(self.learn(batch, adv.to(self.device), rollout, timing))
+        if future is not None:  # one_step_off: the next step's rollout, sampled with the weights before this update
+            t = clock()
+            self.ahead = (nxt, future.result())
+            timing["gen_wait"] = clock() - t
+            timing["gen"] += timing["gen_wait"]
         t = clock()
-        self.engine.sync_weights(self.model)  # pushed at the next wake
+        self.engine.sync_weights(self.model)  # pushed now if the engine is awake, else at the next wake
         lap("update_weights", t)
         timing["step"] = clock() - t0
         # 6. metrics (local, then combined over ranks; verl's names and definitions, grpolab.metrics.glossary)
@@ -286,7 +326,7 @@ class Trainer:
                                              p.max_response_length))
         metrics.update({f"timing_s/{k}": v for k, v in timing.items()})
         metrics.update({
-            "actor/lr": self.opt.param_groups[0]["lr"], "training/epoch": epoch,
+            "actor/lr": self.opt.param_groups[0]["lr"], "training/epoch": epoch, "rollout/staleness": staleness,
             "training/global_step": self.step,
             "perf/total_num_tokens": int(prompt_lengths.sum() + lengths.sum()),
             "perf/max_memory_allocated_gb": peak_memory_gb(self.device),
@@ -464,8 +504,11 @@ class Trainer:
                  "fingerprint": self.fingerprint,
                  "world_size": self.ctx.world, "tracking": self.tracking_ids, "history": self.history,
                  "early_stop": self.early}
+        state["ahead"] = self.ahead is not None  # one_step_off: the next step's rollout, in each rank's extra
+        extra = None if self.ahead is None else {"prompts": dataclasses.asdict(self.ahead[0]),
+                                                 "rollout": dataclasses.asdict(self.ahead[1])}
         ckpt = checkpoint.save(root, self.step, self.model, self.opt, state, p.trainer.max_ckpt_to_keep,
-                               self.ctx.rank, own=self.own)
+                               self.ctx.rank, own=self.own, extra=extra)
         self.own.append(self.step)
         if p.trainer.export_hf:
             self.export_hf(ckpt / "hf")
@@ -491,6 +534,9 @@ class Trainer:
         if mismatch:
             raise RuntimeError(mismatch)
         state = checkpoint.load(Path(found), self.model, self.opt, self.ctx.rank)
+        if state.get("ahead"):  # one_step_off: the rollout generated for the next step before the save
+            extra = checkpoint.load_extra(Path(found), self.ctx.rank)
+            self.ahead = (Prompts(**extra["prompts"]), Rollout(**extra["rollout"]))
         self.sched.load_state_dict(state["scheduler"])
         self.sampler.pos = state["sampler_pos"]
         self.step = state["step"]
@@ -587,6 +633,7 @@ class Trainer:
             if p.trainer.save_final:
                 res.final_dir = self.export_hf(out / "final")
         finally:
+            self.ahead_pool.close()
             self.scorer.close()
             self.engine.close()
         res.steps_done, res.history = self.step, self.history
