@@ -51,8 +51,8 @@ def recorded_fit(p, mdir, **kw):
     seen = []
     real = t.rollout
 
-    def rollout(job):
-        out = real(job)
+    def rollout(job, ids=None):
+        out = real(job, ids)
         seen.append((job.step, weights_sum(t.model), out.response_ids))
         return out
 

@@ -259,10 +259,12 @@ class Trainer:
     def examples(self, job: Prompts) -> list:
         return [self.train_set[job.batch_idx[i]] for i in job.positions]
 
-    def rollout(self, job: Prompts) -> Rollout:
-        """n responses per prompt, each prompt's group seeded by its position in the step."""
+    def rollout(self, job: Prompts, ids: list[list[int]] | None = None) -> Rollout:
+        """n responses per prompt, each prompt's group seeded by its position in the step. `ids`: the
+        prompts already tokenized (a fast tokenizer must not be used from two threads at once)."""
         p = self.p
-        return self.engine.generate(self.prompt_ids(self.examples(job)), Sampling(
+        ids = self.prompt_ids(self.examples(job)) if ids is None else ids
+        return self.engine.generate(ids, Sampling(
             p.n_resp_per_prompt, p.temperature, p.top_p, p.max_response_length), seeds=job.seeds)
 
     def train_step(self) -> dict:
@@ -283,7 +285,8 @@ class Trainer:
         nxt = future = None
         if p.rollout.mode == "one_step_off" and self.step < self.total_steps():
             nxt = self.next_prompts(self.step + 1)
-            future = self.ahead_pool.submit(self.engine, lambda: self.rollout(nxt))  # this step's weights
+            ids = self.prompt_ids(self.examples(nxt))  # here: the tokenizer stays in this thread
+            future = self.ahead_pool.submit(self.engine, lambda: self.rollout(nxt, ids))  # this step's weights
         else:
             self.engine.sleep()  # frees it for log-probs and updates
         epoch, examples = job.epoch, self.examples(job)
