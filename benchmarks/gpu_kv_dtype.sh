@@ -7,7 +7,8 @@
 #   benchmarks/gpu_kv_dtype.sh stage 1 [2 ...]            copy carried .cK folders to /tmp/parts
 #   benchmarks/gpu_kv_dtype.sh install OUT                vLLM + .whl + .trlwhl into /tmp/site, the random model
 #   benchmarks/gpu_kv_dtype.sh ours OUT RESP KV STEPS [LIMIT_S]   our step (vllm engine), KV = auto | fp8
-#                                                         (BENCH_MODE=one_step_off: rollout.mode, file ours-RESP-KV-MODE)
+#                                                         (BENCH_MODE=one_step_off: rollout.mode, file ours-RESP-KV-MODE;
+#                                                         BENCH_UTIL=0.3: gpu_memory_utilization, file suffix -u0.3)
 #   benchmarks/gpu_kv_dtype.sh trl OUT RESP STEPS [LIMIT_S]       TRL 1.16 GRPOTrainer + vLLM colocated
 #   benchmarks/gpu_kv_dtype.sh phase OUT [VARIANT]        train-phase MFU at 64 + 512 (benchmarks/train_phase.py
 #                                                         variant: defaults = every layer checkpointed;
@@ -43,7 +44,7 @@ install)
   echo "install rc=$?"; tail -n 5 "$out/install.log" ;;
 ours)
   out=$1 resp=$2 kv=$3 steps=$4 limit=${5:-400}; mkdir -p "$out"; cd "$repo"
-  name=ours-$resp-$kv${BENCH_MODE:+-$BENCH_MODE}
+  name=ours-$resp-$kv${BENCH_MODE:+-$BENCH_MODE}${BENCH_UTIL:+-u$BENCH_UTIL}
   BENCH_RESP=$resp BENCH_KV=$kv BENCH_GEN_REPS=${BENCH_GEN_REPS:-3} timeout "$limit" python3 benchmarks/vllm_engine.py ours \
     --engine vllm --model $model --steps "$steps" --ppo-epochs 3 --work /tmp/w-$name --out "$out/$name.json" \
     > "$out/$name.log" 2>&1
@@ -54,7 +55,7 @@ try:
     d = json.load(open(sys.argv[1]))
 except OSError:
     sys.exit(0)
-print({k: d.get(k) for k in ("mode", "step_s_median", "gen_s_median", "update_s_median", "gen_tokens_per_s",
+print({k: d.get(k) for k in ("mode", "gpu_memory_utilization", "step_s_median", "gen_s_median", "update_s_median", "gen_tokens_per_s",
        "engine_generate_s_median", "gen_wait_s_median",
        "bare_n16_same_engine_tokens_per_s", "gen_ratio_bare_same_engine", "logprob_diff_mean_steps",
        "kv_cache_tokens", "peak_gb")})

@@ -15,7 +15,8 @@ micro-batches, compiled head and layers). Each script prints its numbers and wri
 Environment: BENCH_RESP (response tokens, 512), BENCH_KV (`rollout.kv_cache_dtype`, auto; also bare's),
 BENCH_MODE (`rollout.mode`, sync; one_step_off generates each next step's rollout beside the update, so
 `gen_s_median` is then the wait for it and `engine_generate_s_median` the rollout's own wall time),
-BENCH_GEN_REPS (timed generations after the steps, 3). After its steps `ours` also times vLLM's plain
+BENCH_UTIL (`rollout.gpu_memory_utilization`, 0.5; one_step_off keeps vLLM's share through the update, so on an
+80 GB card it needs less, e.g. 0.3), BENCH_GEN_REPS (timed generations after the steps, 3). After its steps `ours` also times vLLM's plain
 n=16 request per prompt (engine seed, no log-probs) on the same engine: `bare_n16_same_engine_tokens_per_s`,
 the bare rate without a second engine start. Since 2026-12-05 one untimed round of each comes first
 (`gen_warmup_s`) and the timed rounds alternate ours / plain (before: ours' rounds, then plain's, no
@@ -36,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 PROMPTS, N, RESP, PROMPT_LEN = 8, 16, int(os.environ.get("BENCH_RESP", 512)), 64
 KV = os.environ.get("BENCH_KV", "auto")
 MODE = os.environ.get("BENCH_MODE", "sync")
+UTIL = float(os.environ.get("BENCH_UTIL", 0.5))
 GEN_REPS = int(os.environ.get("BENCH_GEN_REPS", 3))
 
 
@@ -68,7 +70,8 @@ def params(engine: str, world: int, ppo_epochs: int, work: Path, seeded: bool = 
                                            "gradient_checkpointing": os.environ.get("BENCH_GC", "0") == "1"},
         "data": {"train_files": [str(work / "bench.json")], "val_files": [str(work / "bench.json")]},
         "rollout": {"engine": engine, "hf_prompts_per_call": PROMPTS, "seed_responses": seeded,
-                    "kv_cache_dtype": KV, "mode": MODE},
+                    "kv_cache_dtype": KV, "mode": MODE,
+                    "gpu_memory_utilization": UTIL},
         "trainer": {"device": os.environ.get("BENCH_DEVICE", "cuda"), "ppo_micro_batch_size_per_gpu": 4,
                     "use_torch_compile": os.environ.get("BENCH_COMPILE", "1") == "1", "save_freq": 0, "test_freq": 0,
                     "output_dir": str(work / f"out-{engine}")},
@@ -163,7 +166,7 @@ def ours(a) -> dict:
     med = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
     later = steps[1:] or steps
     out = {
-        "engine": a.engine, "mode": p.rollout.mode, "seed_responses": not a.unseeded, "world_size": world, "rank": t.ctx.rank, "ppo_epochs": a.ppo_epochs,
+        "engine": a.engine, "mode": p.rollout.mode, "gpu_memory_utilization": p.rollout.gpu_memory_utilization, "seed_responses": not a.unseeded, "world_size": world, "rank": t.ctx.rank, "ppo_epochs": a.ppo_epochs,
         "start_s": start_s, "steps": len(steps),
         "step_s_median": med([m["timing_s/step"] for m in later]),
         "gen_s_median": med([m["timing_s/gen"] for m in later]),
