@@ -223,3 +223,23 @@ def test_the_recipe_is_checked_before_its_download(tmp_path):
     assert "the known shape of Qwen/Qwen3-0.6B-Base (not downloaded yet)" in r.stdout
     assert "models/Qwen3-0.6B-Base/config.json" in after
     assert after.splitlines()[2:] == r.stdout.splitlines()[2:]  # the same estimate, row by row
+
+
+def test_what_fits_offers_a_smaller_vllm_share_when_vllm_stays_awake_through_the_update():
+    """one_step_off keeps vLLM's share during the update (as does sleep mode off): on an 80 GB card
+    the recipe with 12 rows per micro-batch at 0.5 then overflows, and the tip is the largest share
+    (0.05 steps) that fits."""
+    big = {"ppo_micro_batch_size_per_gpu": 12}
+    sync, off = recipe(trainer=big), recipe(rollout={"mode": "one_step_off"}, trainer=big)
+    assert preflight.estimate(sync, QWEN3_06B, 80)["fits"]
+    assert not preflight.estimate(off, QWEN3_06B, 80)["fits"]
+    (tip,) = preflight.what_fits(off, QWEN3_06B, 80)
+    assert "one_step_off" in tip
+    u = float(tip.split("rollout.gpu_memory_utilization=")[1].split("`")[0])
+    at = lambda x: recipe(rollout={"mode": "one_step_off", "gpu_memory_utilization": x}, trainer=big)  # noqa: E731
+    assert 0 < u < 0.5 and preflight.estimate(at(u), QWEN3_06B, 80)["fits"]
+    assert not preflight.estimate(at(round(u + 0.05, 2)), QWEN3_06B, 80)["fits"]
+    no_sleep = recipe(rollout={"enable_sleep_mode": False}, trainer=big)
+    (tip,) = preflight.what_fits(no_sleep, QWEN3_06B, 80)
+    assert "without rollout.enable_sleep_mode" in tip and "gpu_memory_utilization=" in tip
+    assert preflight.smaller_engine_share(sync, QWEN3_06B, 80) is None  # released: the share is not the knob

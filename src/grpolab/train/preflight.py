@@ -231,6 +231,12 @@ def what_fits(p, model_config: dict, device_memory_gb: float = 80.0, device: str
     chunk = p.trainer.logits_chunk_tokens
     if (chunk == 0 or chunk > 1024) and est(logits_chunk_tokens=1024)["fits"]:
         return ["the LM head in 1024-token chunks fits: `dvc exp run -S trainer.logits_chunk_tokens=1024`"]
+    util = smaller_engine_share(p, model_config, device_memory_gb, device)
+    if util is not None:
+        why = ("rollout.mode one_step_off generates beside the update" if p.rollout.mode == "one_step_off"
+               else "without rollout.enable_sleep_mode")
+        return [f"vLLM keeps its memory through the update ({why}); a smaller share fits: "
+                f"`dvc exp run -S rollout.gpu_memory_utilization={util:g}`"]
     seq = p.max_prompt_length + p.max_response_length
     if p.trainer.use_dynamic_bsz:
         budget = p.trainer.ppo_max_token_len_per_gpu // 2
@@ -260,6 +266,21 @@ def what_fits(p, model_config: dict, device_memory_gb: float = 80.0, device: str
                 f"`dvc exp run {knob(cap)} -S max_response_length={cap}`"]
     return ["nothing smaller fits on this device: use more GPUs (`n_gpus_per_node`), "
             "trainer.param_offload, or a larger device"]
+
+
+def smaller_engine_share(p, model_config: dict, device_memory_gb: float = 80.0, device: str = "cuda") -> float | None:
+    """The largest rollout.gpu_memory_utilization below the current one, in steps of 0.05, with which
+    the run fits, when the engine holds its memory during training (and so adds it to the train
+    phase); None when it releases it, or when no share fits (its KV cache must still hold a sequence)."""
+    if estimate(p, model_config, device_memory_gb, device)["released_in_training"]:
+        return None
+    now = p.rollout.gpu_memory_utilization
+    for k in range(1, int(round(now / 0.05))):
+        u = round(now - 0.05 * k, 2)
+        q = p.model_copy(update={"rollout": p.rollout.model_copy(update={"gpu_memory_utilization": u})})
+        if estimate(q, model_config, device_memory_gb, device)["fits"]:
+            return u
+    return None
 
 
 def _halvings(start: int, floor: int) -> list[int]:
