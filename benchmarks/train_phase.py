@@ -24,6 +24,7 @@ forwards as useful work too: (6 + 2 (+ 2)) x params x tokens over the whole phas
     liger            liger_eager with the compiled head (Liger's kernels cannot be traced: layers stay eager)
     compiled         packed_nogc, 32,768 tokens, head and decoder layers compiled (trainer.use_torch_compile)
     compiled_16k     ... with a 16,384-token budget; compiled_gc / compiled_gc14: checkpointing all / 14 layers
+    fused_16k        compiled_16k with trainer.fused_head (the LM head's hand-written backward)
     compiled_64k     ... with a 65,536-token budget; compiled_fused_adam: torch's fused AdamW (an experiment)
     defaults         the schema's defaults
 """
@@ -57,6 +58,7 @@ VARIANTS = {
               "trainer": {"ppo_max_token_len_per_gpu": 32768}},
     "compiled": {"model": {"gradient_checkpointing": False}, "trainer": {"ppo_max_token_len_per_gpu": 32768}},
     "compiled_16k": {"model": {"gradient_checkpointing": False}},
+    "fused_16k": {"model": {"gradient_checkpointing": False}, "trainer": {"fused_head": True}},
     "compiled_64k": {"model": {"gradient_checkpointing": False}, "trainer": {"ppo_max_token_len_per_gpu": 65536}},
     "compiled_fused_adam": {"model": {"gradient_checkpointing": False}, "trainer": {"ppo_max_token_len_per_gpu": 32768},
                             "_fused_adam": True},
@@ -68,7 +70,7 @@ SHAPES = {"64x512": (64, 512, 128, "full"), "2048x4096": (2048, 4096, 32, "mixed
 CPU_CHECK = not os.environ.get("BENCH_DEVICE", "cuda") == "cuda"  # BENCH_DEVICE=cpu: the tiny model, tiny shapes
 if CPU_CHECK:
     SHAPES = {"64x512": (24, 32, 32, "full"), "2048x4096": (32, 64, 32, "mixed")}
-    VARIANTS = {k: v for k, v in VARIANTS.items() if k in ("before", "packed", "packed_nogc")}
+    VARIANTS = {k: v for k, v in VARIANTS.items() if k in ("before", "packed", "packed_nogc", "compiled_16k", "fused_16k")}
 MODEL = "builtin:tiny-qwen3" if CPU_CHECK else "builtin:qwen3-0.6b-random"
 
 

@@ -40,8 +40,8 @@ def loss_of(logp, ent):
     return (logp * w).sum() + 0.1 * ent.sum()
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 1024, 0])
-def test_chunked_values_and_grads_equal_the_full_logits(model, batch, chunk):
+@pytest.mark.parametrize("chunk,fused", [(1, False), (7, False), (1024, False), (0, False), (7, True), (0, True)])
+def test_chunked_values_and_grads_equal_the_full_logits(model, batch, chunk, fused):
     idx = slice(0, 3)
     ref_lp, ref_ent = plain(model, batch, idx, 0.7)
     model.zero_grad()
@@ -49,7 +49,7 @@ def test_chunked_values_and_grads_equal_the_full_logits(model, batch, chunk):
     ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
 
     model.zero_grad()
-    lp, ent = forward_logp(model, batch, idx, 0.7, True, chunk)
+    lp, ent = forward_logp(model, batch, idx, 0.7, True, chunk, fused=fused)
     assert lp.shape == ent.shape == (3, R)
     torch.testing.assert_close(lp, ref_lp, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ent, ref_ent, atol=1e-5, rtol=1e-5)
@@ -120,3 +120,52 @@ def test_the_compiled_head_chunk_does_not_recompile_for_a_chunk_as_long_as_the_h
         st.sum().backward()
         graphs.append(counters["stats"]["unique_graphs"])
     assert graphs[3:] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("with_entropy,entropy_grad", [(True, True), (True, False), (False, False)])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_the_fused_head_equals_the_checkpointed_one(with_entropy, entropy_grad, compiled):
+    """trainer.fused_head (FusedHead: hand-written backward) against the checkpointed chunk: values and
+    the gradients of hidden states, weight and bias, with and without the entropy's gradient, eager
+    and compiled, chunks of 16 then 5 tokens; in bf16 the two agree to bf16's rounding."""
+    from grpolab.train import logprobs
+
+    torch.manual_seed(0)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        h = torch.randn(37, 16, dtype=dtype, requires_grad=True)
+        w = torch.randn(50, 16, dtype=dtype, requires_grad=True)
+        b = torch.randn(50, dtype=dtype, requires_grad=True)
+        t = torch.randint(0, 50, (37,))
+        runs = []
+        for fused in (False, True):
+            st = logprobs.response_stats(h[None], w, b, t[None], 0.8, 16, with_entropy, entropy_grad,
+                                         compiled=compiled and fused, fused=fused)
+            (st[:, 0] * torch.linspace(-1, 1, 37)).sum().add(0.3 * st[:, 1].sum()).backward()
+            runs.append((st.detach().clone(), h.grad.clone(), w.grad.clone(), b.grad.clone()))
+            h.grad = w.grad = b.grad = None
+        for name, ref, got in zip(("stats", "h", "w", "b"), *runs):
+            scale = ref.float().abs().max().clamp(min=1)
+            torch.testing.assert_close(got.float(), ref.float(), atol=tol * scale, rtol=tol, msg=name)
+        assert runs[0][1].abs().sum() > 0  # a real gradient
+        if with_entropy:
+            assert (runs[0][0][:, 1] > 0).all() and runs[0][0][:, 1].mean() > 0.3
+
+
+def test_the_fused_heads_entropy_gradient_is_the_entropys():
+    """The entropy column's gradient alone (no log-prob term) equals autograd's through the textbook
+    entropy of the full logits (float64); it vanishes when entropy_grad is off."""
+    from grpolab.train import logprobs
+
+    torch.manual_seed(1)
+    h = torch.randn(9, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(30, 8, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 30, (9,))
+    algo.entropy_from_logits((h @ w.t()) / 1.3).sum().backward()
+    ref = h.grad.clone()
+    h.grad = None
+    logprobs.response_stats(h[None], w, None, t[None], 1.3, 4, True, True, fused=True)[:, 1].sum().backward()
+    torch.testing.assert_close(h.grad, ref, atol=1e-4, rtol=1e-4)  # the head computes in fp32
+    h.grad = None
+    st = logprobs.response_stats(h[None], w, None, t[None], 1.3, 4, True, False, fused=True)
+    (st[:, 1].sum() + 0 * st[:, 0].sum()).backward()
+    assert h.grad.abs().max() == 0

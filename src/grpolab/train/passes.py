@@ -50,23 +50,25 @@ def apply_liger(model) -> None:
 
 
 def forward_logp(model, batch: dict, idx, temperature: float, with_entropy: bool, chunk: int,
-                 packed: bool = False, entropy_grad: bool = True, compiled: bool = False):
+                 packed: bool = False, entropy_grad: bool = True, compiled: bool = False, fused: bool = False):
     """Log-probs (and entropy) of the response tokens at the sampling temperature. (n, R)
 
     The LM head runs over the response positions only, `chunk` tokens at a time (grpolab.train.logprobs):
     the full (n, P + R, V) logits are never materialised. `packed`: the rows run as one padding-free
-    sequence pack (grpolab.train.packing) instead of a padded (n, P + R) batch; same values."""
+    sequence pack (grpolab.train.packing) instead of a padded (n, P + R) batch; same values. `fused`: the
+    head's chunks with a hand-written backward (grpolab.train.logprobs.FusedHead, trainer.fused_head)."""
     if packed:
         pk = packing.PackedRows.build(batch, idx)
         with logprobs.head_stats(model, pk.targets[None], temperature, chunk, with_entropy, entropy_grad,
-                                 drop_last=False, compiled=compiled), packing.packed(model):
+                                 drop_last=False, compiled=compiled, fused=fused), packing.packed(model):
             out = model(input_ids=pk.input_ids, position_ids=pk.position_ids, use_cache=False,
                         logits_to_keep=pk.keep, cu_seq_lens_q=pk.cu_seqlens, cu_seq_lens_k=pk.cu_seqlens,
                         max_length_q=pk.max_len, max_length_k=pk.max_len)
         return pk.scatter(out.logits[:, 0]), (pk.scatter(out.logits[:, 1]) if with_entropy else None)
     P = batch["P"]
     targets = batch["input_ids"][idx, P:]  # (n, R)
-    with logprobs.head_stats(model, targets, temperature, chunk, with_entropy, entropy_grad, compiled=compiled):
+    with logprobs.head_stats(model, targets, temperature, chunk, with_entropy, entropy_grad, compiled=compiled,
+                             fused=fused):
         out = model(input_ids=batch["input_ids"][idx], attention_mask=batch["attention_mask"][idx],
                     position_ids=batch["position_ids"][idx], use_cache=False, logits_to_keep=targets.shape[1] + 1)
     stats = out.logits.reshape(*targets.shape, 2)  # (n, R, [log-prob, entropy])

@@ -425,7 +425,7 @@ class Trainer:
             """Forward, loss and backward of one micro-batch; its (token weight, loss weight, metrics)."""
             logp, ent = forward_logp(self.model, batch, idx, p.temperature, True, p.trainer.logits_chunk_tokens,
                                      packed=p.trainer.use_dynamic_bsz, entropy_grad=p.entropy_coeff != 0,
-                                     compiled=self.compiled)
+                                     compiled=self.compiled, fused=p.trainer.fused_head)
             fresh = ~filled[idx]  # rows of the first mini-batch, first epoch: no optimizer step yet
             seen[idx] = torch.where(fresh.unsqueeze(-1), logp.detach().float(), seen[idx])
             filled[idx] = True
