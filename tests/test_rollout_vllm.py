@@ -183,6 +183,10 @@ def test_vllm_checks_and_memory_are_the_engines_own():
         assert any("needs a CUDA GPU" in e for e in errs)
     assert any("rollout.tensor_parallel_size: 3 — must divide n_gpus_per_node (4)" in e for e in errs)
     assert engine_errors(p) == errs
+    osop = VLLMEngine.check(config.validate({"rollout": {"engine": "vllm", "tensor_parallel_size": 2,
+                                                         "mode": "one_step_off"}}))
+    assert any(e.startswith("rollout.tensor_parallel_size: 2 — rollout.mode one_step_off") for e in osop), osop
+    assert not any("one_step_off" in e for e in errs)  # sync with TP: fine
     assert engine_errors(config.validate(DEMO_OVERRIDES)) == []  # hf: nothing to check
     shape = {"params": 596_049_920, "L": 28, "kv": 1024}
     one = VLLMEngine.memory(config.validate({}), shape, 80 * 2**30, 2)

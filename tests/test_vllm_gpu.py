@@ -84,3 +84,21 @@ def test_sleep_releases_memory_and_seeds_fix_responses(trainer):
     freed = (torch.cuda.mem_get_info()[0] - before) / 2**30
     assert freed > 5, f"sleep freed only {freed:.2f} GiB"
     eng.wake()
+
+
+def test_a_level_2_sleep_gets_the_weights_pushed_again_at_wake(trainer):
+    """Sleep level 2 discards vLLM's weights: the next wake must push the trainer's again (without it
+    the engine sampled from whatever its memory held after a validation that ended asleep)."""
+    from grpolab.rollout.vllm_engine import compare_checksums, engine_view, tensor_checksum
+
+    eng, level = trainer.engine, trainer.engine.sleep_level
+    eng.wake()
+    eng.sleep_level = 2
+    try:
+        eng.sleep()
+        assert eng.pending
+        eng.wake()
+        want = {n: tensor_checksum(t) for n, t in eng._trainer_tensors() if engine_view(n, eng.cfg) is not None}
+        compare_checksums(want, eng._engine_checksums(eng._engine_model(), want))
+    finally:
+        eng.sleep_level = level

@@ -22,13 +22,12 @@ from typing import Callable
 import torch
 
 
-def _on_own_stream(fn: Callable, device: int | None):
-    """Run `fn` on a side CUDA stream of the caller's device (none on CPU) and wait for its kernels
-    before handing back (a new thread starts on device 0 whatever its rank's device is)."""
+def _on_stream(fn: Callable, device: int | None, stream):
+    """Run `fn` on `stream`, a side CUDA stream of the caller's device (none on CPU), and wait for its
+    kernels before handing back (a new thread starts on device 0 whatever its rank's device is)."""
     if device is None:
         return fn()
     torch.cuda.set_device(device)
-    stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
         out = fn()
     stream.synchronize()
@@ -40,13 +39,16 @@ class Ahead:
 
     def __init__(self):
         self.pool: ThreadPoolExecutor | None = None
+        self.streams: dict[int, torch.cuda.Stream] = {}  # one side stream per device, made once
 
     def submit(self, engine, fn: Callable) -> Future:
         if getattr(engine, "concurrent", False):
             if self.pool is None:
                 self.pool = ThreadPoolExecutor(1, thread_name_prefix="rollout-ahead")
             device = torch.cuda.current_device() if torch.cuda.is_available() else None
-            return self.pool.submit(_on_own_stream, fn, device)
+            if device is not None and device not in self.streams:
+                self.streams[device] = torch.cuda.Stream(device)
+            return self.pool.submit(_on_stream, fn, device, self.streams.get(device))
         done: Future = Future()
         try:
             done.set_result(fn())

@@ -216,6 +216,10 @@ class VLLMEngine:
         tp = p.rollout.tensor_parallel_size
         if p.n_gpus_per_node % tp:
             errs.append(f"rollout.tensor_parallel_size: {tp} — must divide n_gpus_per_node ({p.n_gpus_per_node})")
+        if tp > 1 and p.rollout.mode == "one_step_off":
+            errs.append(f"rollout.tensor_parallel_size: {tp} — rollout.mode one_step_off generates in a thread "
+                        "beside the update, and a tensor-parallel engine's collectives would then interleave with "
+                        "the update's on the same process group; use tensor_parallel_size 1 or rollout.mode sync")
         return errs
 
     @staticmethod
@@ -315,6 +319,8 @@ class VLLMEngine:
             torch.cuda.synchronize()
             self.timings["sleep_s"] = time.perf_counter() - t0
             self.asleep = True
+            if self.sleep_level == 2 and self.model is not None:
+                self.pending = True  # level 2 discarded the weights: the trainer's go back in at the next wake
 
     def wake(self) -> None:
         if not self.asleep:

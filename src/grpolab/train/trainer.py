@@ -267,6 +267,21 @@ class Trainer:
         return self.engine.generate(ids, Sampling(
             p.n_resp_per_prompt, p.temperature, p.top_p, p.max_response_length), seeds=job.seeds)
 
+    def save_due(self, step: int) -> bool:
+        """Whether step `step` saves a checkpoint (trainer.save_freq)."""
+        return bool(self.p.trainer.save_freq and step % self.p.trainer.save_freq == 0)
+
+    def ahead_result(self, future) -> Rollout:
+        """The rollout generated ahead; if it failed on any rank, every rank stops here, before the
+        weight push's collectives (a rank that went on alone would wait for the others forever)."""
+        err = future.exception()
+        if dist.all_reduce_max(err is not None, self.device) and err is None:
+            raise RuntimeError("rollout.mode one_step_off: another rank's rollout for the next step failed "
+                               "(its log names the error); stopping with it")
+        if err is not None:
+            raise err
+        return future.result()
+
     def train_step(self) -> dict:
         p, ctx, t0 = self.p, self.ctx, time.perf_counter()
         timing, clock = {}, time.perf_counter
@@ -279,11 +294,14 @@ class Trainer:
         self.engine.wake()  # takes its memory back (and the pending weight push) before generating
         if self.ahead is not None:
             (job, rollout), self.ahead, staleness = self.ahead, None, 1
+            assert job.step == self.step, f"the rollout held ahead is for step {job.step}, not {self.step}"
         else:
             job = self.next_prompts(self.step)
             rollout, staleness = self.rollout(job), 0
         nxt = future = None
-        if p.rollout.mode == "one_step_off" and self.step < self.total_steps():
+        # one_step_off: the next step's rollout, also after the last step when its checkpoint is saved, so
+        # that a longer run resumed from it (total steps are not part of the trajectory) trains on it too
+        if p.rollout.mode == "one_step_off" and (self.step < self.total_steps() or self.save_due(self.step)):
             nxt = self.next_prompts(self.step + 1)
             ids = self.prompt_ids(self.examples(nxt))  # here: the tokenizer stays in this thread
             future = self.ahead_pool.submit(self.engine, lambda: self.rollout(nxt, ids))  # this step's weights
@@ -315,7 +333,7 @@ class Trainer:
         metrics.update(self.learn(batch, adv.to(self.device), rollout, timing))
         if future is not None:  # one_step_off: the next step's rollout, sampled with the weights before this update
             t = clock()
-            self.ahead = (nxt, future.result())
+            self.ahead = (nxt, self.ahead_result(future))
             timing["gen_wait"] = clock() - t
             timing["gen"] += timing["gen_wait"]
         t = clock()
@@ -540,6 +558,10 @@ class Trainer:
         if state.get("ahead"):  # one_step_off: the rollout generated for the next step before the save
             extra = checkpoint.load_extra(Path(found), self.ctx.rank)
             self.ahead = (Prompts(**extra["prompts"]), Rollout(**extra["rollout"]))
+        elif self.p.rollout.mode == "one_step_off" and state["step"] < self.total_steps() and self.ctx.main:
+            self.warn(f"{found} holds no rollout generated ahead (it was saved when its run stopped without "
+                      f"one); step {state['step'] + 1} samples its own (rollout/staleness 0), which a run that "
+                      "had not stopped there would not have done")
         self.sched.load_state_dict(state["scheduler"])
         self.sampler.pos = state["sampler_pos"]
         self.step = state["step"]
@@ -619,7 +641,7 @@ class Trainer:
                     hooks.log(m, self.step)
                 if hooks.progress:
                     hooks.progress(self.step, total, m)
-                saved = bool(p.trainer.save_freq and self.step % p.trainer.save_freq == 0)
+                saved = self.save_due(self.step)
                 if saved:
                     self.save_checkpoint()
                 if self.check_monitor(m, res) and p.trainer.monitor_action == "stop":
