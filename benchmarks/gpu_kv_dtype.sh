@@ -3,7 +3,10 @@
 # full step against TRL 1.16 + vLLM at 512 and 2048 response tokens (benchmarks/vllm_engine.py ours,
 # benchmarks/vs_trl.py trl). Wheels as in ../shared/device-vllm.md: `../shared/tools/prep-vllm-wheels.sh`
 # fills .c1-.c7; .whl holds math-verify, pebble, gitpython and their needs; .trlwhl trl 1.16.0,
-# datasets 5.2.0, dill 0.4.1, multiprocess 0.70.19. One call per carried folder, back to back:
+# datasets 5.2.0, dill 0.4.1, multiprocess 0.70.19. Here, once: `benchmarks/gpu_kv_dtype.sh prep` fills .whl and .trlwhl
+# (and .c1-.c7 through the shared script if they are missing). One call per carried folder, back to back:
+#   benchmarks/gpu_kv_dtype.sh prep                       here, not on the device: .whl (math-verify, pebble, gitpython
+#                                                         and their needs) and .trlwhl (TRL and datasets), < 3 MiB together
 #   benchmarks/gpu_kv_dtype.sh stage 1 [2 ...]            copy carried .cK folders to /tmp/parts
 #   benchmarks/gpu_kv_dtype.sh install OUT                vLLM + .whl + .trlwhl into /tmp/site, the random model
 #   benchmarks/gpu_kv_dtype.sh ours OUT RESP KV STEPS [LIMIT_S]   our step (vllm engine), KV = auto | fp8
@@ -27,6 +30,18 @@ model=/tmp/qwen3-0.6b-random
 t0=$(date +%s)
 cmd=$1; shift
 case "$cmd" in
+prep)  # here, not on the device; the device has sympy, pyarrow, pandas, accelerate, xxhash, fsspec, ... (KINDS.md)
+  cd "$repo"
+  for d in .whl .trlwhl; do grep -qx "/$d/" .git/info/exclude || echo "/$d/" >> .git/info/exclude; rm -rf $d; mkdir $d; done
+  [ -d .c7 ] || ../shared/tools/prep-vllm-wheels.sh
+  dl() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --abi cp312 --abi abi3 --abi none -d "$@" 2>&1 | grep -vi '^warning'; }
+  # antlr 4.13.2: latex2sympy2_extended picks its parser by the runtime's version (4.9.3 / 4.11 / 4.13.2 all work);
+  # verl's omegaconf needs 4.9.x and gets its own in .verlwhl2 (gpu_verl.sh prep)
+  dl .whl math-verify==0.9.0 latex2sympy2_extended==1.11.0 antlr4-python3-runtime==4.13.2 pebble==5.2.3 \
+    gitpython==3.2.1 gitdb==4.0.12 smmap==5.0.3
+  dl .trlwhl trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+  ls .whl .trlwhl; du -sh .c1 .c2 .c3 .c4 .c5 .c6 .c7 .whl .trlwhl ;;
 stage)
   mkdir -p /tmp/parts
   for k in "$@"; do cp -r "$repo/.c$k" /tmp/parts/; done

@@ -33,7 +33,9 @@ prep)  # here, not on the device
   dl .verlwhl2 verl==0.9.1 hydra-core==1.3.8 omegaconf==2.3.0 codetiming==1.4.0 tensordict==0.10.0 pyvers==0.1.0 \
     orjson==3.13.0 torchdata==0.11.0 uvicorn==0.55.0 transferqueue==0.1.11 model-hosting-container-standards==0.1.16 \
     jmespath==1.1.0 transformers==5.9.0 tokenizers==0.22.2
-  python3 -m pip wheel -q --no-deps pylatexenc==2.10 -w .verlwhl2 2>&1 | grep -vi '^warning'
+  # omegaconf 2.3.0 / hydra 1.3.8 need antlr 4.9.x (with .whl's 4.13.2: "Could not deserialize ATN with version 3
+  # (expected 4)"); installed into /tmp/site-verl, which comes first, so latex2sympy2_extended uses its 4.9.3 parser there
+  python3 -m pip wheel -q --no-deps pylatexenc==2.10 antlr4-python3-runtime==4.9.3 -w .verlwhl2 2>&1 | grep -vi '^warning'
   rm -rf "$tmp"; du -sh .verlwhl1 .verlwhl2 ;;
 stage)
   mkdir -p /tmp/parts
