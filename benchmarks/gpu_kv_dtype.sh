@@ -9,6 +9,7 @@
 #                                                         and their needs) and .trlwhl (TRL and datasets), < 3 MiB together
 #   benchmarks/gpu_kv_dtype.sh stage 1 [2 ...]            copy carried .cK folders to /tmp/parts
 #   benchmarks/gpu_kv_dtype.sh install OUT                vLLM + .whl + .trlwhl into /tmp/site, the random model
+#   benchmarks/gpu_kv_dtype.sh install-lite OUT           .whl (+ .c6's pydantic) and the random model: enough for `phase`
 #   benchmarks/gpu_kv_dtype.sh ours OUT RESP KV STEPS [LIMIT_S]   our step (vllm engine), KV = auto | fp8
 #                                                         (BENCH_MODE=one_step_off: rollout.mode, file ours-RESP-KV-MODE;
 #                                                         BENCH_UTIL=0.3: gpu_memory_utilization, file suffix -u0.3)
@@ -57,6 +58,15 @@ install)
     python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
   } > "$out/install.log" 2>&1
   echo "install rc=$?"; tail -n 5 "$out/install.log" ;;
+install-lite)  # what `phase` needs, without vLLM (one call, carry .whl and .c6, whose pydantic wheels the image lacks)
+  out=$1; mkdir -p "$out"
+  { python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$repo"/.whl/*.whl \
+      $(ls "$repo"/.c6/*.whl | grep -E "/(pydantic|pydantic_core|annotated_types|typing_inspection)-") 2>&1 | grep -v -i warning | tail -5
+    python3 -c "from pathlib import Path; from grpolab.model import load as models; models.fetch('builtin:qwen3-0.6b-random', 'main', Path('$model'))"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+  } > "$out/install-lite.log" 2>&1
+  echo "install-lite rc=$?"; tail -n 3 "$out/install-lite.log" ;;
 ours)
   out=$1 resp=$2 kv=$3 steps=$4 limit=${5:-400}; mkdir -p "$out"; cd "$repo"
   name=ours-$resp-$kv${BENCH_MODE:+-$BENCH_MODE}${BENCH_UTIL:+-u$BENCH_UTIL}
