@@ -199,3 +199,40 @@ def test_a_concurrent_engine_generates_in_a_thread_of_its_own_and_its_errors_rea
     finally:
         ahead.close()
     assert ahead.pool is None
+
+
+RANK_SCRIPT = """
+import sys, types
+from concurrent.futures import Future
+import torch, torch.distributed as dist
+from grpolab.train.trainer import Trainer
+rank, init = int(sys.argv[1]), sys.argv[2]
+dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+fut = Future()
+if rank == 1:
+    fut.set_exception(ValueError("engine fell over"))
+else:
+    fut.set_result("rollout")
+try:
+    out = Trainer.ahead_result(types.SimpleNamespace(device=torch.device("cpu")), fut)
+    print("OK", out)
+except Exception as exc:
+    print("RAISED", type(exc).__name__, exc)
+dist.barrier()  # both ranks get here: neither waits in a collective the other skipped
+print("DONE")
+"""
+
+
+def test_a_rollout_that_fails_on_one_rank_stops_every_rank(tmp_path):
+    """Two real gloo ranks: rank 1's rollout thread failed, rank 0's did not; both stop at the check
+    before the weight push (rank 0 naming the other rank), instead of rank 0 pushing alone and hanging."""
+    import subprocess
+    import sys
+
+    init = f"file://{tmp_path / 'store'}"
+    procs = [subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, str(r), init], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert "RAISED RuntimeError rollout.mode one_step_off: another rank's rollout" in outs[0], outs
+    assert "RAISED ValueError engine fell over" in outs[1], outs
+    assert all("DONE" in o for o in outs), outs
