@@ -2,7 +2,7 @@
 
     python benchmarks/issue23_record.py --ours-512 ours-512-auto.json --trl-512 trl-512.json \
         --ours-2048 ours-2048-auto.json --ours-2048-fp8 ours-2048-fp8.json --trl-2048 trl-2048.json \
-        --phase phase.json [--forms forms-512.json] [--ours-512-osop ours-512-auto-one_step_off-u0.3.json] \
+        --phase phase.json [--phase phase-fused_16k.json] [--forms forms-512.json] [--ours-512-osop ours-512-auto-one_step_off-u0.3.json] \
         [--ours-2048-osop ...] --gpu h200 --out benchmarks/results/DATE-h200-vs-trl.json
 
 The 2048 files may be left out (a run that lost its machine): their keys are then null. Ratios are of median steps (first step, with compilation and CUDA-graph capture, left out on both sides);
@@ -39,8 +39,10 @@ def pick(d: dict, keys) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    for k in ("ours-512", "trl-512", "phase"):
+    for k in ("ours-512", "trl-512"):
         ap.add_argument(f"--{k}", required=True)
+    ap.add_argument("--phase", action="append", default=[],
+                    help="train_phase.py JSONs (one per variant); train_mfu is the best of them, each kept")
     for k in ("ours-2048", "ours-2048-fp8", "trl-2048", "ours-512-osop", "ours-2048-osop"):  # a run that lost its machine records what it has
         ap.add_argument(f"--{k}", default="")
     ap.add_argument("--forms", default="", help="benchmarks/gen_forms.py's JSON at 512 tokens")
@@ -48,7 +50,9 @@ def main() -> None:
     ap.add_argument("--note", action="append", default=[])
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    o512, t512, ph = load(a.ours_512), load(a.trl_512), load(a.phase)
+    o512, t512 = load(a.ours_512), load(a.trl_512)
+    phases = [load(x) for x in a.phase]
+    ph = max(phases, key=lambda d: d["train_mfu"]) if phases else None
     o2k, f2k, t2k, forms = (load(x) if x else None for x in (a.ours_2048, a.ours_2048_fp8, a.trl_2048, a.forms))
     s512, s2k = (load(x) if x else None for x in (a.ours_512_osop, a.ours_2048_osop))
 
@@ -72,16 +76,16 @@ def main() -> None:
         "gen_ratio_bare": gen,
         "gen_ratio_bare_2048": o2k and o2k["gen_ratio_bare_same_engine"],
         "gen_ratio_bare_2048_fp8_kv": f2k and f2k["gen_ratio_bare_same_engine"],
-        "train_mfu": ph["train_mfu"],
-        "train_mfu_setting": f"benchmarks/train_phase.py one --variant {ph['variant']} --shape {ph['shape']} "
-                             f"(matmul rate {ph['matmul_tflops']:.0f} TFLOP/s measured in the same process)",
+        "train_mfu": ph and ph["train_mfu"],
+        "train_mfu_setting": ph and (f"benchmarks/train_phase.py one --variant {ph['variant']} --shape {ph['shape']} "
+                                     f"(matmul rate {ph['matmul_tflops']:.0f} TFLOP/s measured in the same process)"),
         "goals": {
             "step_ratio_le": STEP_GOAL, "step_512": goal(o512, t512), "step_2048": goal(o2k, t2k),
             "step_512_one_step_off": goal(s512, t512), "step_2048_one_step_off": goal(s2k, t2k),
             "gen_ratio_ge": GEN_GOAL, "gen_512": {"met": gen >= GEN_GOAL},
         },
         "ours_512": pick(o512, KEEP_OURS), "trl_512": pick(t512, KEEP_TRL),
-        "train_phase": {k: v for k, v in ph.items() if k not in ("steps",)},
+        "train_phase": {d["variant"]: {k: v for k, v in d.items() if k not in ("steps",)} for d in phases},
         "notes": a.note,
     }
     if forms is not None:
