@@ -12,7 +12,8 @@
 #   benchmarks/gpu_kv_dtype.sh install-lite OUT           .whl (+ .c6's pydantic) and the random model: enough for `phase`
 #   benchmarks/gpu_kv_dtype.sh ours OUT RESP KV STEPS [LIMIT_S]   our step (vllm engine), KV = auto | fp8
 #                                                         (BENCH_MODE=one_step_off: rollout.mode, file ours-RESP-KV-MODE;
-#                                                         BENCH_UTIL=0.3: gpu_memory_utilization, file suffix -u0.3)
+#                                                         BENCH_UTIL=0.3: gpu_memory_utilization, file suffix -u0.3;
+#                                                         BENCH_FUSED=1: trainer.fused_head, file suffix -fused)
 #   benchmarks/gpu_kv_dtype.sh trl OUT RESP STEPS [LIMIT_S]       TRL 1.16 GRPOTrainer + vLLM colocated
 #   benchmarks/gpu_kv_dtype.sh phase OUT [VARIANT]        train-phase MFU at 64 + 512 (benchmarks/train_phase.py
 #                                                         variant: defaults = every layer checkpointed;
@@ -69,7 +70,7 @@ install-lite)  # what `phase` needs, without vLLM (one call, carry .whl and .c6,
   echo "install-lite rc=$?"; tail -n 3 "$out/install-lite.log" ;;
 ours)
   out=$1 resp=$2 kv=$3 steps=$4 limit=${5:-400}; mkdir -p "$out"; cd "$repo"
-  name=ours-$resp-$kv${BENCH_MODE:+-$BENCH_MODE}${BENCH_UTIL:+-u$BENCH_UTIL}
+  name=ours-$resp-$kv${BENCH_MODE:+-$BENCH_MODE}${BENCH_UTIL:+-u$BENCH_UTIL}${BENCH_FUSED:+-fused}
   BENCH_RESP=$resp BENCH_KV=$kv BENCH_GEN_REPS=${BENCH_GEN_REPS:-3} timeout "$limit" python3 benchmarks/vllm_engine.py ours \
     --engine vllm --model $model --steps "$steps" --ppo-epochs 3 --work /tmp/w-$name --out "$out/$name.json" \
     > "$out/$name.log" 2>&1

@@ -15,7 +15,7 @@ micro-batches, compiled head and layers). Each script prints its numbers and wri
 Environment: BENCH_RESP (response tokens, 512), BENCH_KV (`rollout.kv_cache_dtype`, auto; also bare's),
 BENCH_MODE (`rollout.mode`, sync; one_step_off generates each next step's rollout beside the update, so
 `gen_s_median` is then the wait for it and `engine_generate_s_median` the rollout's own wall time),
-BENCH_UTIL (`rollout.gpu_memory_utilization`, 0.5; one_step_off keeps vLLM's share through the update, so on an
+BENCH_FUSED=1 (`trainer.fused_head`), BENCH_UTIL (`rollout.gpu_memory_utilization`, 0.5; one_step_off keeps vLLM's share through the update, so on an
 80 GB card it needs less, e.g. 0.3), BENCH_GEN_REPS (timed generations after the steps, 3). After its steps `ours` also times vLLM's plain
 n=16 request per prompt (engine seed, no log-probs) on the same engine: `bare_n16_same_engine_tokens_per_s`,
 the bare rate without a second engine start. Since 2026-12-05 one untimed round of each comes first
@@ -73,7 +73,8 @@ def params(engine: str, world: int, ppo_epochs: int, work: Path, seeded: bool = 
                     "kv_cache_dtype": KV, "mode": MODE,
                     "gpu_memory_utilization": UTIL},
         "trainer": {"device": os.environ.get("BENCH_DEVICE", "cuda"), "ppo_micro_batch_size_per_gpu": 4,
-                    "use_torch_compile": os.environ.get("BENCH_COMPILE", "1") == "1", "save_freq": 0, "test_freq": 0,
+                    "use_torch_compile": os.environ.get("BENCH_COMPILE", "1") == "1",
+                    "fused_head": os.environ.get("BENCH_FUSED", "0") == "1", "save_freq": 0, "test_freq": 0,
                     "output_dir": str(work / f"out-{engine}")},
         "tracking": {"mlflow": False, "wandb": False},
     })
@@ -166,7 +167,7 @@ def ours(a) -> dict:
     med = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
     later = steps[1:] or steps
     out = {
-        "engine": a.engine, "mode": p.rollout.mode, "gpu_memory_utilization": p.rollout.gpu_memory_utilization, "seed_responses": not a.unseeded, "world_size": world, "rank": t.ctx.rank, "ppo_epochs": a.ppo_epochs,
+        "engine": a.engine, "mode": p.rollout.mode, "fused_head": p.trainer.fused_head, "gpu_memory_utilization": p.rollout.gpu_memory_utilization, "seed_responses": not a.unseeded, "world_size": world, "rank": t.ctx.rank, "ppo_epochs": a.ppo_epochs,
         "start_s": start_s, "steps": len(steps),
         "step_s_median": med([m["timing_s/step"] for m in later]),
         "gen_s_median": med([m["timing_s/gen"] for m in later]),

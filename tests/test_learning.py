@@ -27,6 +27,7 @@ Why the recipe looks the way it does (each found by measurement, see the issue's
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -42,6 +43,9 @@ HEAD, TAIL = 3, 5  # start = mean score of the first HEAD steps, end = of the la
 START_MAX, END_MIN = 0.3, 0.8  # the acceptance criterion: from <= 0.3 to >= 0.8
 FLIPPED_END_MAX = 0.3  # the sign-flipped run must stay at or below this (and not rise)
 FLIPPED_STEPS = 40  # the control needs fewer steps: with the sign flipped the score falls from the start
+# GRPOLAB_FUSED_HEAD=1 runs the same recipe with `trainer.fused_head` (the hand-written LM-head backward);
+# unset: the recipe's own (off). A one-off check, not a CI setting.
+FUSED_HEAD = os.environ.get("GRPOLAB_FUSED_HEAD") == "1"
 
 
 def recipe(model_dir: Path, data_dir: Path, out_dir: Path, steps: int = STEPS) -> config.Params:
@@ -57,7 +61,7 @@ def recipe(model_dir: Path, data_dir: Path, out_dir: Path, steps: int = STEPS) -
                     "total_epochs": 100, "save_freq": 0, "test_freq": 0,
                     "output_dir": str(out_dir), "ppo_micro_batch_size_per_gpu": 256,
                     "log_samples": 0, "save_final": False, "validate_at_end": False,
-                    "resume_mode": "disable"},
+                    "resume_mode": "disable", "fused_head": FUSED_HEAD},
         "tracking": {"mlflow": False, "wandb": False},
         "val": {"n": 1, "max_prompts": 8},
         "train_prompt_bsz": 16, "train_prompt_mini_bsz": 16, "n_resp_per_prompt": 16,

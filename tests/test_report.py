@@ -285,3 +285,15 @@ def test_queued_sweep_two_at_once_runs_its_own_code_and_lands_in_the_main_store(
         seen[params["ppo_epochs"]] = tags["dvc.exp_name"]
     assert set(seen) == {"2", "3"} and len(set(seen.values())) == 2
     assert not list((ws / ".dvc" / "tmp").rglob("mlflow.db"))  # nothing left in DVC's copies
+
+
+def test_provenance_names_one_step_as_a_step_and_a_range_as_steps():
+    from grpolab.reports.report import provenance
+
+    extended = {"steps_done": 4, "total_steps": 4,
+                "start": {"kind": "extended", "step": 3, "run_name": "osop3", "dvc_exp_name": "osop3"}}
+    assert provenance(extended) == ("4/4 steps: extends steps 1-3 of run `osop3` (DVC experiment `osop3`), "
+                                    "same params and code (step 4 trained by this run)")
+    one = {"steps_done": 3, "total_steps": 3, "start": {"kind": "reused", "step": 1, "run_name": "a"}}
+    assert provenance(one) == "3/3 steps: reuses step 1 of run `a`, same params and code (steps 2-3 trained by this run)"
+    assert provenance({"steps_done": 1, "total_steps": 1}) == "Trained 1/1 steps (step 1 trained by this run)"

@@ -240,6 +240,11 @@ def preflight_vs_measured(p: Params, smoke: dict, train: dict) -> dict:
     return out
 
 
+def span(first: int, last: int) -> str:
+    """`step 4` or `steps 1-3`."""
+    return f"step {first}" if first == last else f"steps {first}-{last}"
+
+
 def provenance(train: dict) -> str:
     """Which steps this run trained itself and which it took from another run of its trajectory
     (grpolab.train.checkpoint: which run is which): `Steps 1-20 of 20: 0 trained by this run, 1-20
@@ -249,7 +254,7 @@ def provenance(train: dict) -> str:
                                    "step": train.get("resumed_from", 0)}
     s, kind = start.get("step", 0), start.get("kind", "fresh")
     own = done - s
-    mine = f"steps {s + 1}-{done} trained by this run" if own > 0 else "0 steps trained by this run"
+    mine = f"{span(s + 1, done)} trained by this run" if own > 0 else "0 steps trained by this run"
     if kind == "fresh" or not s:
         return f"Trained {done}/{total} steps ({mine})"
     if kind == "resumed":
@@ -257,7 +262,7 @@ def provenance(train: dict) -> str:
     who = f"run `{start.get('run_name') or short_id(start.get('mlflow_run_id', '?'))}`" + (
         f" (DVC experiment `{start['dvc_exp_name']}`)" if start.get("dvc_exp_name") else "")
     how = "extends" if kind == "extended" else "reuses"
-    return f"{done}/{total} steps: {how} steps 1-{s} of {who}, same params and code ({mine})"
+    return f"{done}/{total} steps: {how} {span(1, s)} of {who}, same params and code ({mine})"
 
 
 def _memory_row(name: str, m: dict) -> list:
