@@ -174,6 +174,8 @@ def ours(a) -> dict:
         "update_s_median": med([sum(m.get(f"timing_s/{k}", 0.0) for k in  # log-probs + updates + push
                                     ("old_log_prob", "ref", "update_actor", "update_weights")) for m in later]),
         "step_s": [m["timing_s/step"] for m in steps],
+        "phase_s_median": {k: med([m[f"timing_s/{k}"] for m in later if f"timing_s/{k}" in m]) for k in
+                           ("reward", "adv", "old_log_prob", "ref", "update_actor", "update_weights")},
         "gen_wait_s_median": med([m["timing_s/gen_wait"] for m in later if "timing_s/gen_wait" in m]),
         "engine_generate_s_median": med([e["generate_s"] for e in engine_t[1:] if "generate_s" in e]),
         "staleness": [m.get("rollout/staleness") for m in steps],
