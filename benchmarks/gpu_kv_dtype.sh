@@ -3,7 +3,7 @@
 # full step against TRL 1.16 + vLLM at 512 and 2048 response tokens (benchmarks/vllm_engine.py ours,
 # benchmarks/vs_trl.py trl). Wheels as in ../shared/device-vllm.md: `../shared/tools/prep-vllm-wheels.sh`
 # fills .c1-.c7; .whl holds math-verify, pebble, gitpython and their needs; .trlwhl trl 1.16.0,
-# datasets 5.2.0, dill 0.4.1, multiprocess 0.70.19. Here, once: `benchmarks/gpu_kv_dtype.sh prep` fills .whl and .trlwhl
+# datasets 5.2.0, dill 0.4.1, multiprocess 0.70.19 (installed apart, /tmp/site-trl). Here, once: `benchmarks/gpu_kv_dtype.sh prep` fills .whl and .trlwhl
 # (and .c1-.c7 through the shared script if they are missing). One call per carried folder, back to back:
 #   benchmarks/gpu_kv_dtype.sh prep                       here, not on the device: .whl (math-verify, pebble, gitpython
 #                                                         and their needs) and .trlwhl (TRL and datasets), < 3 MiB together
@@ -15,6 +15,8 @@
 #                                                         BENCH_UTIL=0.3: gpu_memory_utilization, file suffix -u0.3;
 #                                                         BENCH_FUSED=1: trainer.fused_head, file suffix -fused)
 #   benchmarks/gpu_kv_dtype.sh trl OUT RESP STEPS [LIMIT_S]       TRL 1.16 GRPOTrainer + vLLM colocated
+#                                                         (TRL_MICRO=4: its micro-batch, 16 by default; at 2048 tokens
+#                                                         16 runs out of an H100's 80 GB, 4 fits: file trl-RESP-m4)
 #   benchmarks/gpu_kv_dtype.sh phase OUT [VARIANT]        train-phase MFU at 64 + 512 (benchmarks/train_phase.py
 #                                                         variant: defaults = every layer checkpointed;
 #                                                         compiled_16k = the same, checkpointing off;
@@ -53,8 +55,11 @@ install)
   out=$1; mkdir -p "$out"
   { cd /tmp/parts && cat .c1/part.* .c2/part.* .c3/part.* .c4/part.* .c5/part.* > /tmp/vllm-0.22.1-cp38-abi3-manylinux_2_28_x86_64.whl
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/vllm-0.22.1-*.whl \
-      .c5/*.whl .c6/*.whl .c7/*.whl "$repo"/.whl/*.whl "$repo"/.trlwhl/*.whl 2>&1 | grep -v -i warning | tail -5
-    python3 -c "import vllm, trl, datasets, math_verify, pebble; print('vllm', vllm.__version__, 'trl', trl.__version__)"
+      .c5/*.whl .c6/*.whl .c7/*.whl "$repo"/.whl/*.whl 2>&1 | grep -v -i warning | tail -5
+    # TRL apart (only `trl` reads /tmp/site-trl): verl fails at start when TRL 1.16 is importable (gpu_verl.sh)
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site-trl "$repo"/.trlwhl/*.whl 2>&1 \
+      | grep -v -i warning | tail -5
+    PYTHONPATH=/tmp/site-trl:$PYTHONPATH python3 -c "import vllm, trl, datasets, math_verify, pebble; print('vllm', vllm.__version__, 'trl', trl.__version__)"
     python3 -c "from pathlib import Path; from grpolab.model import load as models; models.fetch('builtin:qwen3-0.6b-random', 'main', Path('$model'))"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
@@ -89,10 +94,10 @@ print({k: d.get(k) for k in ("mode", "gpu_memory_utilization", "step_s_median", 
 PY
   ;;
 trl)
-  out=$1 resp=$2 steps=$3 limit=${4:-400}; mkdir -p "$out"; cd "$repo"
-  name=trl-$resp
-  timeout "$limit" python3 benchmarks/vs_trl.py trl --engine vllm --model $model --steps "$steps" --ppo-epochs 3 \
-    --micro 16 --resp "$resp" --work /tmp/w-$name --out "$out/$name.json" > "$out/$name.log" 2>&1
+  out=$1 resp=$2 steps=$3 limit=${4:-400} micro=${TRL_MICRO:-16}; mkdir -p "$out"; cd "$repo"
+  name=trl-$resp$([ "$micro" = 16 ] || echo "-m$micro")
+  PYTHONPATH=/tmp/site-trl:$PYTHONPATH timeout "$limit" python3 benchmarks/vs_trl.py trl --engine vllm --model $model \
+    --steps "$steps" --ppo-epochs 3 --micro "$micro" --resp "$resp" --work /tmp/w-$name --out "$out/$name.json" > "$out/$name.log" 2>&1
   echo "$name rc=$?"; grep -h "step_s_median\|gen_s_median" "$out/$name.json" 2>/dev/null || tail -n 15 "$out/$name.log" ;;
 phase)
   out=$1 variant=${2:-defaults}; mkdir -p "$out"; cd "$repo"

@@ -12,6 +12,9 @@
 #                                                              # carry .c7 .whl .trlwhl .verlwhl1 (about 60 MiB)
 #   benchmarks/gpu_verl.sh stage 2 && benchmarks/gpu_verl.sh install OUT && benchmarks/gpu_verl.sh run OUT [STEPS] [LIMIT_S]
 #                                                              # carry .verlwhl2 (43 MiB); next, `gpu_kv_dtype.sh trl OUT 512 3`
+# TRL must not be on verl's path: verl 0.9.1 patches TRL's value-head model when TRL is importable, and TRL 1.16
+# has none ("cannot import name 'AutoModelForCausalLMWithValueHead'", H100 2026-12-06), so gpu_kv_dtype.sh install
+# puts TRL and datasets in /tmp/site-trl, which only its `trl` command reads.
 # run writes OUT/verl-512.log and OUT/verl-512.json (per step: timing_s/step, timing_s/gen, the other timing_s/* and perf/*).
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,7 +35,9 @@ prep)  # here, not on the device
   mv "$tmp"/ray.part.00 .verlwhl1/; mv "$tmp"/ray.part.01 .verlwhl2/
   dl .verlwhl2 verl==0.9.1 hydra-core==1.3.8 omegaconf==2.3.0 codetiming==1.4.0 tensordict==0.10.0 pyvers==0.1.0 \
     orjson==3.13.0 torchdata==0.11.0 uvicorn==0.55.0 transferqueue==0.1.11 model-hosting-container-standards==0.1.16 \
-    jmespath==1.1.0 transformers==5.9.0 tokenizers==0.22.2
+    jmespath==1.1.0 transformers==5.9.0 tokenizers==0.22.2 pydantic-extra-types==2.11.1
+  # pydantic-extra-types: verl's vllm_async_server imports vLLM's OpenAI server, whose Mistral tokenizer imports
+  # mistral_common's transcription request (without it: "No module named 'pydantic_extra_types'", H100 2026-12-06)
   # omegaconf 2.3.0 / hydra 1.3.8 need antlr 4.9.x (with .whl's 4.13.2: "Could not deserialize ATN with version 3
   # (expected 4)"); installed into /tmp/site-verl, which comes first, so latex2sympy2_extended uses its 4.9.3 parser there
   python3 -m pip wheel -q --no-deps pylatexenc==2.10 antlr4-python3-runtime==4.9.3 -w .verlwhl2 2>&1 | grep -vi '^warning'

@@ -74,8 +74,8 @@ def main() -> None:
         "trl_step_ratio_vllm_512_one_step_off": ratio(s512, t512),
         "trl_step_ratio_vllm_2048_one_step_off": ratio(s2k, t2k),
         "gen_ratio_bare": gen,
-        "gen_ratio_bare_2048": o2k and o2k["gen_ratio_bare_same_engine"],
-        "gen_ratio_bare_2048_fp8_kv": f2k and f2k["gen_ratio_bare_same_engine"],
+        "gen_ratio_bare_2048": o2k and o2k.get("gen_ratio_bare_same_engine"),
+        "gen_ratio_bare_2048_fp8_kv": f2k and f2k.get("gen_ratio_bare_same_engine"),
         "train_mfu": ph and ph["train_mfu"],
         "train_mfu_setting": ph and (f"benchmarks/train_phase.py one --variant {ph['variant']} --shape {ph['shape']} "
                                      f"(matmul rate {ph['matmul_tflops']:.0f} TFLOP/s measured in the same process)"),
