@@ -46,6 +46,24 @@ weights, AdamW, the trainer's log-prob + entropy path, one forward/backward/step
     2 x 2,048        no              25.0       25.4  (+2%)
     8 x 512          no              20.4       21.4  (+5%)
 
+Compiled decoder layers (trainer.use_torch_compile and compile_layers on CUDA, no Liger) keep fewer
+intermediates: Inductor fuses the norms, RoPE and SwiGLU and saves what the fused backward needs. Their
+activation terms (the no-checkpoint layers and the one recomputed layer) are scaled by COMPILED_ACT_SHARE,
+fitted to benchmarks/train_phase.py on one H100 and one H200 (same figures; 64 prompts x 16, 128 + 512
+tokens, packed, bf16, fp32 master weights, reference model; 2026-11-27 and 2026-12-06):
+
+    variant (compiled)            token budget   checkpointing   measured   estimate
+    compiled (2026-11-27)         16,384         no              32.4       32.6  (+1%)
+    compiled                      32,768         no              45.1       50.1  (+11%)
+    compiled_64k                  65,536         no              60.7       85.0  (+40%)
+    compiled_gc14                 32,768         14 of 28        29.8       34.7  (+16%)
+    compiled_gc                   32,768         all             14.9       18.2  (+22%)
+
+Per token the measured share falls as the budget grows (0.56, 0.49, 0.37 of ACT_ELEMS: part of the peak does
+not grow with the budget), so the share is the smallest budget's, and larger budgets are overestimated.
+Eager layers at a 32,768-token packed budget measured 62.4 against 76.4 estimated (+22%): packed
+micro-batches keep less than the padded ones the table above was fitted on, so eager stays conservative.
+
 Those six were measured before the chunked head existed, when the trainer kept the full-vocabulary
 logits (then T V b + R V x 28): 24-30 bytes per response token per vocab entry were measured
 (MASTER_BYTES = 4  # fp32 master weights (and their grads and AdamW states), whatever model.dtype says
@@ -64,6 +82,7 @@ from grpolab.util import GrpolabError
 
 GIB = 2**30
 ACT_ELEMS = {"H": 6, "I": 4, "q": 6, "kv": 5}  # activation elements per token per layer (see above)
+COMPILED_ACT_SHARE = 0.57  # compiled decoder layers keep this share of ACT_ELEMS (measured, see above)
 MASTER_BYTES = 4  # fp32 master weights (and their grads and AdamW states), whatever model.dtype says
 LOGIT_FP32_BYTES = 28  # bytes per response token per vocab entry beyond the lm_head output (measured)
 OVERHEAD_GB = 1.0
@@ -155,6 +174,10 @@ def estimate(p, model_config: dict, device_memory_gb: float = 80.0, device: str 
     chunk = p.trainer.logits_chunk_tokens if logits_chunk_tokens is None else logits_chunk_tokens
 
     act_elems = ACT_ELEMS["H"] * H + ACT_ELEMS["I"] * I + ACT_ELEMS["q"] * q + ACT_ELEMS["kv"] * kv
+    compiled = (device == "cuda" and p.trainer.use_torch_compile and p.trainer.compile_layers
+                and not p.model.use_liger)  # as grpolab.train.trainer decides
+    if compiled:
+        act_elems *= COMPILED_ACT_SHARE
     # the trainer keeps fp32 master weights (grpolab.train.trainer loads the model in float32; bf16 is
     # FSDP's compute dtype on GPU), so weights, grads, AdamW states and the reference are 4 bytes each
     shard = 0 if offload else N * MASTER_BYTES / W
@@ -200,7 +223,7 @@ def estimate(p, model_config: dict, device_memory_gb: float = 80.0, device: str 
     out = {
         "model": {**s, "params_per_gpu": N / W},
         "world_size": W, "param_bytes": b, "device": device, "engine": engine, "released_in_training": sleep,
-        "gradient_checkpointing": gc, "param_offload": offload, "micro_batch": micro, "dynamic_bsz": dynamic,
+        "gradient_checkpointing": gc, "compiled_layers": compiled, "param_offload": offload, "micro_batch": micro, "dynamic_bsz": dynamic,
         "max_response_length": Lr, "logits_chunk_tokens": chunk,
         "memory_gb": {k: v / GIB for k, v in mem.items()},
         "kv_cache_budget_gb": kv_budget / GIB,
