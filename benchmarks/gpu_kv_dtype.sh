@@ -20,7 +20,8 @@
 #   benchmarks/gpu_kv_dtype.sh phase OUT [VARIANT]        train-phase MFU at 64 + 512 (benchmarks/train_phase.py
 #                                                         variant: defaults = every layer checkpointed;
 #                                                         compiled_16k = the same, checkpointing off;
-#                                                         PROFILE=1 adds OUT/profile-<what>.txt, a torch-profiler table)
+#                                                         PROFILE=1 adds OUT/profile-<what>.txt, a torch-profiler table;
+#                                                         SHAPE=step512: the full step's update, 3 epochs x 2 mini-batches)
 #   benchmarks/gpu_kv_dtype.sh forms OUT RESP [REPS]      benchmarks/gen_forms.py: the request forms' generation rates
 #                                                         (FORMS=a,b picks forms; TAG=x names the files forms-RESP-x)
 #   benchmarks/gpu_kv_dtype.sh seedgen OUT KV UTIL MAX_S  seed_scale.py gen (one GPU's share of the seed's step)
@@ -100,9 +101,9 @@ trl)
     --steps "$steps" --ppo-epochs 3 --micro "$micro" --resp "$resp" --work /tmp/w-$name --out "$out/$name.json" > "$out/$name.log" 2>&1
   echo "$name rc=$?"; grep -h "step_s_median\|gen_s_median" "$out/$name.json" 2>/dev/null || tail -n 15 "$out/$name.log" ;;
 phase)
-  out=$1 variant=${2:-defaults}; mkdir -p "$out"; cd "$repo"
-  name=phase$([ "$variant" = defaults ] || echo "-$variant")
-  timeout 240 python3 benchmarks/train_phase.py one --variant "$variant" --shape 64x512 --steps 4 \
+  out=$1 variant=${2:-defaults} shape=${SHAPE:-64x512}; mkdir -p "$out"; cd "$repo"
+  name=phase$([ "$variant" = defaults ] || echo "-$variant")$([ "$shape" = 64x512 ] || echo "-$shape")
+  timeout 240 python3 benchmarks/train_phase.py one --variant "$variant" --shape "$shape" --steps 4 \
     --model $model --out "$out/$name.json" ${PROFILE:+--profile "$out/profile-$name.txt"} > "$out/$name.log" 2>&1
   echo "$name rc=$?"; grep -h "mfu" "$out/$name.json" 2>/dev/null | head -n 4 || tail -n 15 "$out/$name.log" ;;
 forms)

@@ -7,7 +7,8 @@ rate measured in the same process, peak memory, and a torch-profiler breakdown.
 
 The batch is rollout-shaped and synthetic (random token ids, random +-1 advantages): `64x512` is
 issue 9's step (8 prompts x 16 responses, 64-token prompts, every response 512 tokens, as random
-weights give), `2048x4096` 32 sequences with prompts of 256-2048 and responses of 512-4096 tokens
+weights give), `step512` the same batch with the full step's schedule (3 PPO epochs over mini-batches of 4
+prompts: 6 optimizer steps, the old-log-prob pass over the second mini-batch; MFU counts all 3 epochs), `2048x4096` 32 sequences with prompts of 256-2048 and responses of 512-4096 tokens
 (uniform, seeded: what padding costs). Model: Qwen3-0.6B's shape with random weights, bf16 compute,
 fp32 master weights (FSDP2), AdamW, KL 0.001 against a reference model, entropy as a metric, one
 PPO epoch over one mini-batch (so the old-log-prob pass is skipped where the variant allows it).
@@ -67,9 +68,14 @@ VARIANTS = {
     "defaults": {},
 }
 SHAPES = {"64x512": (64, 512, 128, "full"), "2048x4096": (2048, 4096, 32, "mixed")}
+# the full step's update (benchmarks/vllm_engine.py, 8 prompts x 16 x 512): 3 PPO epochs over mini-batches of
+# 4 prompts, so 6 optimizer steps and the old-log-prob pass over the second mini-batch; (epochs, mini prompts)
+SCHEDULE = {"step512": (3, 4)}  # other shapes: 1 epoch over one mini-batch of every prompt
+SHAPES["step512"] = SHAPES["64x512"]
 CPU_CHECK = not os.environ.get("BENCH_DEVICE", "cuda") == "cuda"  # BENCH_DEVICE=cpu: the tiny model, tiny shapes
 if CPU_CHECK:
-    SHAPES = {"64x512": (24, 32, 32, "full"), "2048x4096": (32, 64, 32, "mixed")}
+    SHAPES = {"64x512": (24, 32, 32, "full"), "2048x4096": (32, 64, 32, "mixed"), "step512": (24, 32, 32, "full")}
+    SCHEDULE = {"step512": (3, 1)}
     VARIANTS = {k: v for k, v in VARIANTS.items() if k in ("before", "packed", "packed_nogc", "compiled_16k", "fused_16k")}
 MODEL = "builtin:tiny-qwen3" if CPU_CHECK else "builtin:qwen3-0.6b-random"
 
@@ -127,10 +133,11 @@ def params(variant: str, shape: str, world: int, work: Path):
     from grpolab import util
 
     P, R, N, _ = SHAPES[shape]
+    epochs, mini = SCHEDULE.get(shape, (1, N // 16))
     base = {
         "exp_name": f"train-phase-{variant}", "seed": 0, "n_gpus_per_node": world,
-        "train_prompt_bsz": N // 16, "train_prompt_mini_bsz": N // 16, "n_resp_per_prompt": 16,
-        "max_prompt_length": P, "max_response_length": R, "ppo_epochs": 1, "kl_loss_coef": 0.001,
+        "train_prompt_bsz": N // 16, "train_prompt_mini_bsz": mini, "n_resp_per_prompt": 16,
+        "max_prompt_length": P, "max_response_length": R, "ppo_epochs": epochs, "kl_loss_coef": 0.001,
         "model": {"path": MODEL, "dtype": "auto"},
         "data": {"train_files": [str(work / "rows.json")], "val_files": [str(work / "rows.json")]},
         "rollout": {"engine": "hf"},
@@ -221,15 +228,19 @@ def one(a) -> dict:
     med = lambda k: statistics.median(s[k] for s in later)  # noqa: E731
     upd = med("update_actor")
     phase = med("wall_s")
-    useful_phase = (6 + 2 * ("ref" in later[0]) + 2 * (later[0].get("old_log_prob", 0) > 0.01)) * n_params * tokens
+    epochs, mini = SCHEDULE.get(a.shape, (1, None))
+    old_share = 0.0 if later[0].get("old_log_prob", 0) <= 0.01 else (  # rows of the old pass (issue 14)
+        1.0 if mini is None or spec.get("_old_pass") else 1.0 - mini * 16 / world / len(rollout.response_ids))
+    useful_phase = (6 * epochs + 2 * ("ref" in later[0]) + 2 * old_share) * n_params * tokens
     out = {
         "variant": a.variant, "shape": a.shape, "world_size": world, "rank": rank,
         "gpu": torch.cuda.get_device_name() if cuda else "cpu", "matmul_tflops": peak_tflops, "params": n_params,
         "tokens_per_gpu": tokens, "padded_tokens_per_gpu": padded, "sequences_per_gpu": len(rollout.response_ids),
         "update_s": upd, "phase_s": phase, "old_log_prob_s": med("old_log_prob"), "ref_s": med("ref"),
         "update_tokens_per_s": tokens / upd, "phase_tokens_per_s": tokens / phase,
-        "update_tflops": 6 * n_params * tokens / upd / 1e12,
-        "train_mfu": 6 * n_params * tokens / upd / 1e12 / peak_tflops,
+        "ppo_epochs": epochs, "optimizer_steps": epochs * (len(rollout.response_ids) * world // (16 * mini) if mini else 1),
+        "update_tflops": 6 * epochs * n_params * tokens / upd / 1e12,
+        "train_mfu": 6 * epochs * n_params * tokens / upd / 1e12 / peak_tflops,
         "phase_mfu": useful_phase / phase / 1e12 / peak_tflops,
         "peak_gb": max(s["peak_gb"] for s in steps), "steps": steps,
         "config": {k: v for k, v in VARIANTS[a.variant].items()},
