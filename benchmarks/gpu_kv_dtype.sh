@@ -3,7 +3,7 @@
 # full step against TRL 1.16 + vLLM at 512 and 2048 response tokens (benchmarks/vllm_engine.py ours,
 # benchmarks/vs_trl.py trl). Wheels as in ../shared/device-vllm.md: `../shared/tools/prep-vllm-wheels.sh`
 # fills .c1-.c7; .whl holds math-verify, pebble, gitpython and their needs; .trlwhl trl 1.16.0,
-# datasets 5.2.0, dill 0.4.1, multiprocess 0.70.19 (installed apart, /tmp/site-trl). Here, once: `benchmarks/gpu_kv_dtype.sh prep` fills .whl and .trlwhl
+# datasets 5.2.0, dill 0.4.1, multiprocess 0.70.19 (trl itself installed apart, in /tmp/site-trl). Here, once: `benchmarks/gpu_kv_dtype.sh prep` fills .whl and .trlwhl
 # (and .c1-.c7 through the shared script if they are missing). One call per carried folder, back to back:
 #   benchmarks/gpu_kv_dtype.sh prep                       here, not on the device: .whl (math-verify, pebble, gitpython
 #                                                         and their needs) and .trlwhl (TRL and datasets), < 3 MiB together
@@ -57,8 +57,11 @@ install)
   { cd /tmp/parts && cat .c1/part.* .c2/part.* .c3/part.* .c4/part.* .c5/part.* > /tmp/vllm-0.22.1-cp38-abi3-manylinux_2_28_x86_64.whl
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/vllm-0.22.1-*.whl \
       .c5/*.whl .c6/*.whl .c7/*.whl "$repo"/.whl/*.whl 2>&1 | grep -v -i warning | tail -5
-    # TRL apart (only `trl` reads /tmp/site-trl): verl fails at start when TRL 1.16 is importable (gpu_verl.sh)
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site-trl "$repo"/.trlwhl/*.whl 2>&1 \
+    # TRL itself apart (only `trl` reads /tmp/site-trl): verl fails at start when TRL 1.16 is importable
+    # (gpu_verl.sh); datasets, dill and multiprocess stay in /tmp/site, verl's data loader needs them
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site \
+      $(ls "$repo"/.trlwhl/*.whl | grep -v "/trl-") 2>&1 | grep -v -i warning | tail -5
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site-trl "$repo"/.trlwhl/trl-*.whl 2>&1 \
       | grep -v -i warning | tail -5
     PYTHONPATH=/tmp/site-trl:$PYTHONPATH python3 -c "import vllm, trl, datasets, math_verify, pebble; print('vllm', vllm.__version__, 'trl', trl.__version__)"
     python3 -c "from pathlib import Path; from grpolab.model import load as models; models.fetch('builtin:qwen3-0.6b-random', 'main', Path('$model'))"
@@ -77,7 +80,7 @@ install-lite)  # what `phase` needs, without vLLM (one call, carry .whl and .c6,
   echo "install-lite rc=$?"; tail -n 3 "$out/install-lite.log" ;;
 ours)
   out=$1 resp=$2 kv=$3 steps=$4 limit=${5:-400}; mkdir -p "$out"; cd "$repo"
-  name=ours-$resp-$kv${BENCH_MODE:+-$BENCH_MODE}${BENCH_UTIL:+-u$BENCH_UTIL}${BENCH_FUSED:+-fused}
+  name=ours-$resp-$kv${BENCH_MODE:+-$BENCH_MODE}${BENCH_UTIL:+-u$BENCH_UTIL}$([ "${BENCH_FUSED:-0}" = 1 ] && echo -fused)
   BENCH_RESP=$resp BENCH_KV=$kv BENCH_GEN_REPS=${BENCH_GEN_REPS:-3} timeout "$limit" python3 benchmarks/vllm_engine.py ours \
     --engine vllm --model $model --steps "$steps" --ppo-epochs 3 --work /tmp/w-$name --out "$out/$name.json" \
     > "$out/$name.log" 2>&1

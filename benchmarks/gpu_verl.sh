@@ -14,7 +14,8 @@
 #                                                              # carry .verlwhl2 (43 MiB); next, `gpu_kv_dtype.sh trl OUT 512 3`
 # TRL must not be on verl's path: verl 0.9.1 patches TRL's value-head model when TRL is importable, and TRL 1.16
 # has none ("cannot import name 'AutoModelForCausalLMWithValueHead'", H100 2026-12-06), so gpu_kv_dtype.sh install
-# puts TRL and datasets in /tmp/site-trl, which only its `trl` command reads.
+# puts TRL alone in /tmp/site-trl, which only its `trl` command reads (datasets stays in /tmp/site: verl reads
+# its parquet files with it).
 # run writes OUT/verl-512.log and OUT/verl-512.json (per step: timing_s/step, timing_s/gen, the other timing_s/* and perf/*).
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)

@@ -94,13 +94,13 @@ def main() -> None:
     if o2k is not None and f2k is not None:
         out["kv_cache_dtype_2048"] = {
             "bf16_gen_tokens_per_s": o2k["gen_tokens_per_s"], "fp8_gen_tokens_per_s": f2k["gen_tokens_per_s"],
-            "bf16_bare_n16_tokens_per_s": o2k["bare_n16_same_engine_tokens_per_s"],
+            "bf16_bare_n16_tokens_per_s": o2k.get("bare_n16_same_engine_tokens_per_s"),
             "fp8_bare_n16_tokens_per_s": f2k["bare_n16_same_engine_tokens_per_s"],
             "bf16_step_s_median": o2k["step_s_median"], "fp8_step_s_median": f2k["step_s_median"],
             "bf16_kv_cache_tokens": o2k["kv_cache_tokens"], "fp8_kv_cache_tokens": f2k["kv_cache_tokens"],
-            "bf16_logprob_diff_mean_steps": o2k["logprob_diff_mean_steps"],
+            "bf16_logprob_diff_mean_steps": o2k.get("logprob_diff_mean_steps"),
             "fp8_logprob_diff_mean_steps": f2k["logprob_diff_mean_steps"],
-            "bf16_logprob_diff_max_steps": o2k["logprob_diff_max_steps"],
+            "bf16_logprob_diff_max_steps": o2k.get("logprob_diff_max_steps"),
             "fp8_logprob_diff_max_steps": f2k["logprob_diff_max_steps"],
         }
     for key, d, keep in (("ours_512_one_step_off", s512, KEEP_OURS), ("ours_2048_one_step_off", s2k, KEEP_OURS),

@@ -292,7 +292,7 @@ def main() -> None:
     ap.add_argument("--variant", default="packed", choices=sorted(VARIANTS))
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--shape", default="64x512", choices=sorted(SHAPES))
-    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--shapes", default="64x512,2048x4096")  # step512 when asked for
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--profile", default="", help="one: profile file; all: variants to profile (comma-separated)")
     ap.add_argument("--model", default="/tmp/qwen3-0.6b-random")

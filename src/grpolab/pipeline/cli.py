@@ -318,7 +318,8 @@ def preflight_cmd(
     except preflight.PreflightError as exc:
         err.print(f"[red]error[/]: {exc}", highlight=False)
         raise typer.Exit(2)
-    est = preflight.estimate(p, cfg, device_memory_gb)
+    device = "cpu" if p.trainer.device == "cpu" else "cuda"  # a CPU recipe: fp32, eager layers
+    est = preflight.estimate(p, cfg, device_memory_gb, device=device)
     if as_json:
         print(_json.dumps(est, indent=1))
     else:
@@ -331,7 +332,7 @@ def preflight_cmd(
     if not est["fits"]:
         err.print(f"[red]refused[/]: {path} cannot run on {device_memory_gb:g} GB GPUs: "
                   + "; ".join(est["problems"]), highlight=False)
-        for s in preflight.what_fits(p, cfg, device_memory_gb):
+        for s in preflight.what_fits(p, cfg, device_memory_gb, device=device):
             err.print(f"  try: {s}", highlight=False, markup=False)
         raise typer.Exit(1)
     err.print(f"[green]fits[/]: {est['peak_gb']:.1f} of {device_memory_gb:g} GB per GPU", highlight=False)

@@ -49,7 +49,7 @@ weights, AdamW, the trainer's log-prob + entropy path, one forward/backward/step
 Compiled decoder layers (trainer.use_torch_compile and compile_layers on CUDA, no Liger) keep fewer
 intermediates: Inductor fuses the norms, RoPE and SwiGLU and saves what the fused backward needs. Their
 activation terms (the no-checkpoint layers and the one recomputed layer) are scaled by COMPILED_ACT_SHARE,
-fitted to benchmarks/train_phase.py on one H100 and one H200 (same figures; 64 prompts x 16, 128 + 512
+fitted to benchmarks/train_phase.py on one H100 and one H200 (same figures; 8 prompts x 16, 64 + 512
 tokens, packed, bf16, fp32 master weights, reference model; 2026-11-27 and 2026-12-06):
 
     variant (compiled)            token budget   checkpointing   measured   estimate
