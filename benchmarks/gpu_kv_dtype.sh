@@ -25,7 +25,8 @@
 #   benchmarks/gpu_kv_dtype.sh forms OUT RESP [REPS]      benchmarks/gen_forms.py: the request forms' generation rates
 #                                                         (FORMS=a,b picks forms; TAG=x names the files forms-RESP-x)
 #   benchmarks/gpu_kv_dtype.sh seedgen OUT KV UTIL MAX_S  seed_scale.py gen (one GPU's share of the seed's step)
-#   benchmarks/gpu_kv_dtype.sh tests OUT [LIMIT_S]        pytest -m gpu tests/test_vllm_gpu.py (OUT/gpu-tests.log)
+#   benchmarks/gpu_kv_dtype.sh tests OUT [LIMIT_S]        pytest -m gpu tests/test_vllm_gpu.py (OUT/gpu-tests.log; 360 s:
+#                                                         on a fresh machine the compile caches are cold, 200 s ran out)
 # Each writes OUT/<what>.json and OUT/<what>.log; several can be chained in one call (`a && b; c`).
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -122,7 +123,7 @@ seedgen)
   echo "seedgen rc=$?"; grep -E "KV cache|concurrency|preempt" "$out/seedgen-$kv.log" | head -n 4
   grep -E "s: finished" "$out/seedgen-$kv.log" | tail -n 3 ;;
 tests)
-  out=$1 limit=${2:-240}; mkdir -p "$out"; cd "$repo"
+  out=$1 limit=${2:-360}; mkdir -p "$out"; cd "$repo"
   CUDA_VISIBLE_DEVICES=0 timeout "$limit" python3 -m pytest -q -m gpu tests/test_vllm_gpu.py -p no:cacheprovider -s -rs \
     > "$out/gpu-tests.log" 2>&1; echo "gpu tests rc=$?"; grep -E "passed|failed|error|SKIP" "$out/gpu-tests.log" | tail -n 8 ;;
 esac
