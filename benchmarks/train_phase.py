@@ -8,7 +8,8 @@ rate measured in the same process, peak memory, and a torch-profiler breakdown.
 The batch is rollout-shaped and synthetic (random token ids, random +-1 advantages): `64x512` is
 issue 9's step (8 prompts x 16 responses, 64-token prompts, every response 512 tokens, as random
 weights give), `step512` the same batch with the full step's schedule (3 PPO epochs over mini-batches of 4
-prompts: 6 optimizer steps, the old-log-prob pass over the second mini-batch; MFU counts all 3 epochs), `2048x4096` 32 sequences with prompts of 256-2048 and responses of 512-4096 tokens
+prompts: 6 optimizer steps, the old-log-prob pass over the second mini-batch, entropy bonus 0.001 as
+benchmarks/vllm_engine.py sets it; MFU counts all 3 epochs), `2048x4096` 32 sequences with prompts of 256-2048 and responses of 512-4096 tokens
 (uniform, seeded: what padding costs). Model: Qwen3-0.6B's shape with random weights, bf16 compute,
 fp32 master weights (FSDP2), AdamW, KL 0.001 against a reference model, entropy as a metric, one
 PPO epoch over one mini-batch (so the old-log-prob pass is skipped where the variant allows it).
@@ -69,8 +70,9 @@ VARIANTS = {
 }
 SHAPES = {"64x512": (64, 512, 128, "full"), "2048x4096": (2048, 4096, 32, "mixed")}
 # the full step's update (benchmarks/vllm_engine.py, 8 prompts x 16 x 512): 3 PPO epochs over mini-batches of
-# 4 prompts, so 6 optimizer steps and the old-log-prob pass over the second mini-batch; (epochs, mini prompts)
-SCHEDULE = {"step512": (3, 4)}  # other shapes: 1 epoch over one mini-batch of every prompt
+# 4 prompts, so 6 optimizer steps and the old-log-prob pass over the second mini-batch, and its entropy bonus
+# 0.001 (the entropy's gradient through the LM head); (epochs, mini prompts)
+SCHEDULE = {"step512": (3, 4)}  # other shapes: 1 epoch over one mini-batch of every prompt, entropy a metric
 SHAPES["step512"] = SHAPES["64x512"]
 CPU_CHECK = not os.environ.get("BENCH_DEVICE", "cuda") == "cuda"  # BENCH_DEVICE=cpu: the tiny model, tiny shapes
 if CPU_CHECK:
@@ -138,6 +140,7 @@ def params(variant: str, shape: str, world: int, work: Path):
         "exp_name": f"train-phase-{variant}", "seed": 0, "n_gpus_per_node": world,
         "train_prompt_bsz": N // 16, "train_prompt_mini_bsz": mini, "n_resp_per_prompt": 16,
         "max_prompt_length": P, "max_response_length": R, "ppo_epochs": epochs, "kl_loss_coef": 0.001,
+        "entropy_coeff": 0.001 if shape in SCHEDULE else 0.0,
         "model": {"path": MODEL, "dtype": "auto"},
         "data": {"train_files": [str(work / "rows.json")], "val_files": [str(work / "rows.json")]},
         "rollout": {"engine": "hf"},
