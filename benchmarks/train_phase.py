@@ -152,21 +152,36 @@ def params(variant: str, shape: str, world: int, work: Path):
     return config.validate(util.deep_merge(base, over))
 
 
+KINDS = (("attention", ("flash", "attention", "fmha")),  # before matmul: flash kernels name cutlass types
+         ("matmul", ("gemm", "matmul", "mm_", "cutlass", "sm90_xmma", "nvjet")),
+         ("nccl", ("nccl",)),
+         ("optimizer", ("adam", "foreach", "multi_tensor")),
+         ("triton", ("triton",)))
+ANNOTATIONS = ("optimizer.step#", "profilerstep#", "## ")  # ranges over kernels already counted
+
+
+def kernel_kinds(rows: list[tuple[str, float, int]]) -> tuple[float, dict[str, float]]:
+    """(name, self device time, calls) rows -> total device time and time by kind. A Triton kernel shows up
+    twice (its launcher op and the kernel, same time and calls): counted once; annotation ranges not at all."""
+    seen, total, kinds = set(), 0.0, {}
+    for name, t, calls in rows:
+        low = name.lower()
+        if t <= 0 or low.startswith(ANNOTATIONS) or (low, t, calls) in seen:
+            continue
+        seen.add((low, t, calls))
+        kind = next((k for k, keys in KINDS if any(x in low for x in keys)), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + t
+        total += t
+    return total, kinds
+
+
 def profile_table(prof, limit: int = 30) -> str:
     """Top CUDA kernels by device time, and the time by kind (matmul, attention, elementwise...)."""
     # kernels only (an operator's row repeats the time of the kernels it launched)
-    rows = [e for e in prof.key_averages() if getattr(e, "device_type", None) is not None
-            and e.device_type.name == "CUDA" and e.self_device_time_total > 0]
-    total = sum(e.self_device_time_total for e in rows) or 1.0
-    kinds: dict[str, float] = {}
-    for e in rows:
-        name = e.key.lower()
-        kind = ("matmul" if any(k in name for k in ("gemm", "matmul", "mm_", "cutlass", "sm90_xmma", "nvjet")) else
-                "attention" if any(k in name for k in ("flash", "attention", "fmha")) else
-                "nccl" if "nccl" in name else
-                "optimizer" if any(k in name for k in ("adam", "foreach", "multi_tensor")) else
-                "triton" if "triton" in name else "other")
-        kinds[kind] = kinds.get(kind, 0.0) + e.self_device_time_total
+    rows = [(e.key, e.self_device_time_total, e.count) for e in prof.key_averages()
+            if getattr(e, "device_type", None) is not None and e.device_type.name == "CUDA"]
+    total, kinds = kernel_kinds(rows)
+    total = total or 1.0
     lines = [f"device time {total / 1e3:.1f} ms; by kind: " +
              ", ".join(f"{k} {v / total:.1%}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))]
     lines.append(prof.key_averages().table(sort_by="self_device_time_total", row_limit=limit, max_name_column_width=70))
