@@ -89,7 +89,7 @@ PY
     trainer.val_before_train=False trainer.test_freq=-1 trainer.save_freq=-1 trainer.logger='["console"]' \
     trainer.project_name=grpolab-issue23 trainer.experiment_name=verl-512 trainer.default_local_dir=$w/ckpt hydra.run.dir=$w/hydra \
     > "$out/verl-512.log" 2>&1
-  echo "verl-512 rc=$?"; grep -E "Error|error:|Traceback" "$out/verl-512.log" | tail -n 8
+  rc=$?; echo "verl-512 rc=$rc"; grep -E "Error|error:|Traceback" "$out/verl-512.log" | tail -n 8
   python3 - "$out/verl-512.log" "$out/verl-512.json" <<'PY'
 import json, re, statistics, sys
 steps = {}
@@ -106,6 +106,6 @@ d = {"steps": rows, "step_s": [r.get("timing_s/step") for r in rows], "gen_s": [
 json.dump(d, open(sys.argv[2], "w"), indent=1)
 print({k: d[k] for k in ("step_s", "gen_s", "step_s_median_after_first", "gen_s_median_after_first")})
 PY
-  ;;
+  [ "$rc" = 0 ] || { echo "[$cmd] verl exited $rc (124: over its ${limit} s; its start alone took ~210 s on an H100)"; exit "$rc"; } ;;
 esac
 echo "[$cmd] $(( $(date +%s) - t0 )) s"
