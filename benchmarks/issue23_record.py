@@ -3,13 +3,15 @@
     python benchmarks/issue23_record.py --ours-512 ours-512-auto.json --trl-512 trl-512.json \
         --ours-2048 ours-2048-auto.json --ours-2048-fp8 ours-2048-fp8.json --trl-2048 trl-2048.json \
         --phase phase.json [--phase phase-fused_16k.json] [--forms forms-512.json] [--ours-512-osop ours-512-auto-one_step_off-u0.3.json] \
-        [--ours-2048-osop ...] --gpu h200 --out benchmarks/results/DATE-h200-vs-trl.json
+        [--ours-2048-osop ...] [--ours-512-fused ours-512-auto-fused.json] [--verl-512 verl-512.json] --gpu h200 --out benchmarks/results/DATE-h200-vs-trl.json
 
 The 2048 files may be left out (a run that lost its machine): their keys are then null. Ratios are of median steps (first step, with compilation and CUDA-graph capture, left out on both sides);
 `gen_ratio_bare` is our engine's generation rate (seeded requests as this checkout sends them, log-probs for
 the first response of each prompt) over vLLM's plain n=16 request per prompt on the same engine, at 512 tokens, bf16 KV.
 The `_one_step_off` ratios are of `rollout.mode: one_step_off` runs (each step's rollout generated beside the
 previous update, one step stale) against the same synchronous TRL step; the plain ratios stay the synchronous ones.
+`_fused_head` is a run with `trainer.fused_head: true`; `verl_step_ratio_512` is ours over verl's median step
+(`benchmarks/gpu_verl.sh run`: verl 0.9.1 as that script sets it up, sdpa attention with padding kept).
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ def main() -> None:
         ap.add_argument(f"--{k}", required=True)
     ap.add_argument("--phase", action="append", default=[],
                     help="train_phase.py JSONs (one per variant); train_mfu is the best of them, each kept")
-    for k in ("ours-2048", "ours-2048-fp8", "trl-2048", "ours-512-osop", "ours-2048-osop"):  # a run that lost its machine records what it has
+    for k in ("ours-2048", "ours-2048-fp8", "trl-2048", "ours-512-osop", "ours-2048-osop", "ours-512-fused", "verl-512"):  # a run that lost its machine records what it has
         ap.add_argument(f"--{k}", default="")
     ap.add_argument("--forms", default="", help="benchmarks/gen_forms.py's JSON at 512 tokens")
     ap.add_argument("--gpu", required=True)
@@ -55,6 +57,7 @@ def main() -> None:
     ph = max(phases, key=lambda d: d["train_mfu"]) if phases else None
     o2k, f2k, t2k, forms = (load(x) if x else None for x in (a.ours_2048, a.ours_2048_fp8, a.trl_2048, a.forms))
     s512, s2k = (load(x) if x else None for x in (a.ours_512_osop, a.ours_2048_osop))
+    f512, v512 = (load(x) if x else None for x in (a.ours_512_fused, a.verl_512))
 
     def ratio(o, t):
         return None if o is None or t is None else o["step_s_median"] / t["step_s_median"]
@@ -73,6 +76,8 @@ def main() -> None:
         "trl_step_ratio_vllm_2048_fp8_kv": ratio(f2k, t2k),
         "trl_step_ratio_vllm_512_one_step_off": ratio(s512, t512),
         "trl_step_ratio_vllm_2048_one_step_off": ratio(s2k, t2k),
+        "trl_step_ratio_vllm_512_fused_head": ratio(f512, t512),
+        "verl_step_ratio_512": v512 and o512["step_s_median"] / v512["step_s_median_after_first"],
         "gen_ratio_bare": gen,
         "gen_ratio_bare_2048": o2k and o2k.get("gen_ratio_bare_same_engine"),
         "gen_ratio_bare_2048_fp8_kv": f2k and f2k.get("gen_ratio_bare_same_engine"),
@@ -82,6 +87,7 @@ def main() -> None:
         "goals": {
             "step_ratio_le": STEP_GOAL, "step_512": goal(o512, t512), "step_2048": goal(o2k, t2k),
             "step_512_one_step_off": goal(s512, t512), "step_2048_one_step_off": goal(s2k, t2k),
+            "step_512_fused_head": goal(f512, t512),
             "gen_ratio_ge": GEN_GOAL, "gen_512": {"met": gen >= GEN_GOAL},
         },
         "ours_512": pick(o512, KEEP_OURS), "trl_512": pick(t512, KEEP_TRL),
@@ -103,14 +109,17 @@ def main() -> None:
             "bf16_logprob_diff_max_steps": o2k.get("logprob_diff_max_steps"),
             "fp8_logprob_diff_max_steps": f2k["logprob_diff_max_steps"],
         }
-    for key, d, keep in (("ours_512_one_step_off", s512, KEEP_OURS), ("ours_2048_one_step_off", s2k, KEEP_OURS),
+    if v512 is not None:
+        out["verl_512"] = {k: v512[k] for k in ("step_s", "gen_s", "step_s_median_after_first", "gen_s_median_after_first")}
+    for key, d, keep in (("ours_512_fused_head", f512, KEEP_OURS), ("ours_512_one_step_off", s512, KEEP_OURS), ("ours_2048_one_step_off", s2k, KEEP_OURS),
                          ("ours_2048", o2k, KEEP_OURS), ("ours_2048_fp8_kv", f2k, KEEP_OURS), ("trl_2048", t2k, KEEP_TRL)):
         if d is not None:
             out[key] = pick(d, keep)
     Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps({k: out[k] for k in ("trl_step_ratio_vllm_512", "trl_step_ratio_vllm_2048",
                                           "trl_step_ratio_vllm_2048_fp8_kv", "trl_step_ratio_vllm_512_one_step_off",
-                                          "trl_step_ratio_vllm_2048_one_step_off", "gen_ratio_bare", "gen_ratio_bare_2048",
+                                          "trl_step_ratio_vllm_2048_one_step_off", "trl_step_ratio_vllm_512_fused_head",
+                                          "verl_step_ratio_512", "gen_ratio_bare", "gen_ratio_bare_2048",
                                           "gen_ratio_bare_2048_fp8_kv", "train_mfu", "goals")}, indent=1))
 
 
