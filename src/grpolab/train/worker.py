@@ -11,10 +11,8 @@ import sys
 import traceback
 
 from grpolab.params import schema
+from grpolab.train import dist
 from grpolab.util import GrpolabError, quiet_logs
-
-# torch (grpolab.train.dist) is imported in main(): the reward pool's spawn workers re-import this module as
-# their __main__ and need none of it
 
 
 def body_name(fn) -> str:
@@ -23,8 +21,6 @@ def body_name(fn) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from grpolab.train import dist
-
     quiet_logs()
     target, params_path = (argv if argv is not None else sys.argv[1:])[:2]
     os.environ.setdefault("GRPOLAB_WORKER", "torchrun")
