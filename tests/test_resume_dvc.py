@@ -26,7 +26,8 @@ from helpers import sh as _sh
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("reportws")]  # reuses the shared workspace
 
 STEPS = 6
-EXP = ["-S", "seed=7", "-S", "trainer.save_freq=1", "-S", f"trainer.total_training_steps={STEPS}"]
+EXP = ["-S", "seed=7", "-S", "trainer.save_freq=1", "-S", f"trainer.total_training_steps={STEPS}",
+       "-S", "tracking.wandb=false"]  # MLflow and dvclive are what resuming is checked against
 
 
 def _dvclive_steps(ws: Path) -> list[int]:
