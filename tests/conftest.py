@@ -20,7 +20,6 @@ from helpers import shared_workspace
 # collection order: these go before the many short ones, so no long test starts last and holds
 # one worker while the other idles.
 LONGEST_FIRST = ("test_learning.py",  # 107 + 40
-                 "test_distributed.py",  # ~290 over 8 tests
                  "test_mlflow_server.py",  # 31 + 25
                  "test_packing.py")  # ~45
 

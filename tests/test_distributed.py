@@ -19,7 +19,8 @@ from helpers import ROOT, tiny_params
 from grpolab.train import checkpoint
 from grpolab.util import deep_merge
 
-pytestmark = pytest.mark.e2e
+# one worker runs them all, so the reference runs below (module fixtures) are trained once
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("distributed")]
 SMALL = {
     "train_prompt_bsz": 4, "train_prompt_mini_bsz": 2, "n_resp_per_prompt": 4, "max_response_length": 12,
     "kl_loss_coef": 0.01, "ppo_epochs": 2,
@@ -93,18 +94,28 @@ def assert_same_run(a: Path, b: Path, tol=1e-4):
         assert (wa[k] - wb[k]).abs().max().item() < tol * 10, k
 
 
-def test_two_ranks_match_one_rank(tmp_path, base):
-    one = workspace(tmp_path / "one", base)
-    two = workspace(tmp_path / "two", base, n_gpus_per_node=2)
-    train(one)
-    r = train(two)
-    assert summary(two)["world_size"] == 2 and summary(one)["world_size"] == 1
-    assert_same_run(one, two)
+@pytest.fixture(scope="module")
+def one_rank(tmp_path_factory, base) -> Path:
+    """The reference: SMALL's 6 steps on one rank, uninterrupted."""
+    ws = workspace(tmp_path_factory.mktemp("one"), base)
+    train(ws)
+    return ws
 
 
-def test_kill_and_resume_matches_uninterrupted(tmp_path, base):
-    ref = workspace(tmp_path / "ref", base)
-    train(ref)
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory, base) -> Path:
+    """The same recipe on 2 ranks under torchrun."""
+    ws = workspace(tmp_path_factory.mktemp("two"), base, n_gpus_per_node=2)
+    train(ws)
+    return ws
+
+
+def test_two_ranks_match_one_rank(one_rank, two_ranks):
+    assert summary(two_ranks)["world_size"] == 2 and summary(one_rank)["world_size"] == 1
+    assert_same_run(one_rank, two_ranks)
+
+
+def test_kill_and_resume_matches_uninterrupted(tmp_path, base, one_rank):
     ws = workspace(tmp_path / "killed", base, trainer={"total_training_steps": 6, "save_freq": 1})
     proc = subprocess.Popen([sys.executable, str(ROOT / "pipelines" / "train.py")], cwd=ws, env=env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -122,10 +133,9 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, base):
     r = train(ws)
     s = summary(ws)
     assert s["resumed_from"] >= 3
-    # same numbers as the uninterrupted run (resume restores weights, optimizer, RNG, data position)
-    ref_ws = workspace(tmp_path / "ref2", base, trainer={"total_training_steps": 6, "save_freq": 1})
-    train(ref_ws)
-    assert_same_run(ref_ws, ws)
+    # same numbers as the uninterrupted run (resume restores weights, optimizer, RNG, data position;
+    # the reference saves every 2 steps, which changes no step's numbers)
+    assert_same_run(one_rank, ws)
     # every step recorded exactly once in MLflow and dvclive
     con = sqlite3.connect(ws / "mlflow.db")
     runs = con.execute("select run_uuid from runs").fetchall()
@@ -197,14 +207,12 @@ def test_more_gpus_than_present_fail_before_loading(tmp_path, base):
     assert r.returncode == 1 and "must be divisible by n_gpus_per_node*nnodes (8)" in r.stderr
 
 
-def test_ray_launch_matches_torchrun(tmp_path, base):
+def test_ray_launch_matches_torchrun(tmp_path, base, two_ranks):
     pytest.importorskip("ray")
-    tr = workspace(tmp_path / "torchrun", base, n_gpus_per_node=2)
     ray_ws = workspace(tmp_path / "ray", base, n_gpus_per_node=2, trainer={"launcher": "ray"})
-    train(tr)
     train(ray_ws)
     assert summary(ray_ws)["world_size"] == 2
-    assert_same_run(tr, ray_ws)
+    assert_same_run(two_ranks, ray_ws)
 
 
 def test_unreachable_ray_cluster_is_named(tmp_path, base):
