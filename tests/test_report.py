@@ -255,8 +255,10 @@ def test_queued_sweep_two_at_once_runs_its_own_code_and_lands_in_the_main_store(
     before = {r for (r,) in sqlite3.connect(ws / "mlflow.db").execute("select run_uuid from runs")}
     init = ws / "src" / "grpolab" / "__init__.py"
     init.write_text(init.read_text() + MARKER)
-    # W&B off: this test is about code and MLflow, and each W&B offline start costs seconds of CPU per stage
-    sh(["dvc", "exp", "run", "--queue", "-S", "ppo_epochs=2,3", "-S", "tracking.wandb=false"], ws, env, logs, "queue")
+    # W&B off and 2 steps: this test is about code and MLflow, and each W&B offline start costs seconds of CPU
+    queued_steps = 2
+    sh(["dvc", "exp", "run", "--queue", "-S", "ppo_epochs=2,3", "-S", "tracking.wandb=false",
+        "-S", f"trainer.total_training_steps={queued_steps}"], ws, env, logs, "queue")
     sh(["git", "checkout", "--", "src"], ws, env, logs, "unmark")  # the working tree's code: no marker
     assert "_marker" not in init.read_text()
     sh(["dvc", "queue", "start", "-j", "2"], ws, env, logs, "start")
@@ -278,9 +280,9 @@ def test_queued_sweep_two_at_once_runs_its_own_code_and_lands_in_the_main_store(
         tags = dict(con.execute("select key, value from tags where run_uuid=?", (run,)))
         steps = [s for (s,) in con.execute("select step from metrics where run_uuid=? and key='critic/score/mean' "
                                            "order by step", (run,))]
-        assert steps == list(range(1, STEPS + 1)), (run, steps)  # every step, once
+        assert steps == list(range(1, queued_steps + 1)), (run, steps)  # every step, once
         marks = [v for (v,) in con.execute("select value from metrics where run_uuid=? and key='code/marker'", (run,))]
-        assert set(marks) == {7.0} and len(marks) >= STEPS, (run, marks)  # the queued code ran, not the working tree's
+        assert set(marks) == {7.0} and len(marks) >= queued_steps, (run, marks)  # the queued code ran, not the working tree's
         assert tags.get("dvc.exp_name") and tags.get("git.commit")
         assert tags["grpolab.code_path"] == "src/grpolab"  # the experiment's own tree, named
         seen[params["ppo_epochs"]] = tags["dvc.exp_name"]
