@@ -13,7 +13,9 @@
 #   benchmarks/gpu_kv_dtype.sh ours OUT RESP KV STEPS [LIMIT_S]   our step (vllm engine), KV = auto | fp8
 #                                                         (BENCH_MODE=one_step_off: rollout.mode, file ours-RESP-KV-MODE;
 #                                                         BENCH_UTIL=0.3: gpu_memory_utilization, file suffix -u0.3;
-#                                                         BENCH_FUSED=1: trainer.fused_head, file suffix -fused)
+#                                                         BENCH_FUSED=1: trainer.fused_head, file suffix -fused;
+#                                                         BENCH_TOKENS=65536: ppo_max_token_len_per_gpu, suffix -t65536;
+#                                                         BENCH_FUSED_ADAM=1: torch's fused AdamW, suffix -fadam)
 #   benchmarks/gpu_kv_dtype.sh trl OUT RESP STEPS [LIMIT_S]       TRL 1.16 GRPOTrainer + vLLM colocated
 #                                                         (TRL_MICRO=4: its micro-batch, 16 by default; at 2048 tokens
 #                                                         16 runs out of an H100's 80 GB, 4 fits: file trl-RESP-m4)
@@ -27,6 +29,8 @@
 #   benchmarks/gpu_kv_dtype.sh seedgen OUT KV UTIL MAX_S  seed_scale.py gen (one GPU's share of the seed's step)
 #   benchmarks/gpu_kv_dtype.sh tests OUT [LIMIT_S]        pytest -m gpu tests/test_vllm_gpu.py (OUT/gpu-tests.log; 360 s:
 #                                                         on a fresh machine the compile caches are cold, 200 s ran out)
+#   benchmarks/gpu_kv_dtype.sh learning OUT [LIMIT_S]     the GPU learning test's learning run only (-k learns; ~270 s warm):
+#                                                         OUT/learning[-fused].{json,log}; BENCH_FUSED=1: trainer.fused_head
 # Each writes OUT/<what>.json and OUT/<what>.log; several can be chained in one call (`a && b; c`).
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -81,7 +85,7 @@ install-lite)  # what `phase` needs, without vLLM (one call, carry .whl and .c6,
   echo "install-lite rc=$?"; tail -n 3 "$out/install-lite.log" ;;
 ours)
   out=$1 resp=$2 kv=$3 steps=$4 limit=${5:-400}; mkdir -p "$out"; cd "$repo"
-  name=ours-$resp-$kv${BENCH_MODE:+-$BENCH_MODE}${BENCH_UTIL:+-u$BENCH_UTIL}$([ "${BENCH_FUSED:-0}" = 1 ] && echo -fused)
+  name=ours-$resp-$kv${BENCH_MODE:+-$BENCH_MODE}${BENCH_UTIL:+-u$BENCH_UTIL}$([ "${BENCH_FUSED:-0}" = 1 ] && echo -fused)${BENCH_TOKENS:+-t$BENCH_TOKENS}$([ "${BENCH_FUSED_ADAM:-0}" = 1 ] && echo -fadam)
   BENCH_RESP=$resp BENCH_KV=$kv BENCH_GEN_REPS=${BENCH_GEN_REPS:-3} timeout "$limit" python3 benchmarks/vllm_engine.py ours \
     --engine vllm --model $model --steps "$steps" --ppo-epochs 3 --work /tmp/w-$name --out "$out/$name.json" \
     > "$out/$name.log" 2>&1
@@ -92,7 +96,7 @@ try:
     d = json.load(open(sys.argv[1]))
 except OSError:
     sys.exit(0)
-print({k: d.get(k) for k in ("mode", "gpu_memory_utilization", "step_s_median", "gen_s_median", "update_s_median", "gen_tokens_per_s",
+print({k: d.get(k) for k in ("mode", "fused_head", "fused_adam", "ppo_max_token_len_per_gpu", "gpu_memory_utilization", "step_s_median", "gen_s_median", "update_s_median", "gen_tokens_per_s",
        "engine_generate_s_median", "gen_wait_s_median",
        "bare_n16_same_engine_tokens_per_s", "gen_ratio_bare_same_engine", "logprob_diff_mean_steps",
        "kv_cache_tokens", "peak_gb")})
@@ -126,5 +130,11 @@ tests)
   out=$1 limit=${2:-360}; mkdir -p "$out"; cd "$repo"
   CUDA_VISIBLE_DEVICES=0 timeout "$limit" python3 -m pytest -q -m gpu tests/test_vllm_gpu.py -p no:cacheprovider -s -rs \
     > "$out/gpu-tests.log" 2>&1; echo "gpu tests rc=$?"; grep -E "passed|failed|error|SKIP" "$out/gpu-tests.log" | tail -n 8 ;;
+learning)
+  out=$1 limit=${2:-400}; mkdir -p "$out"; cd "$repo"
+  name=learning$([ "${BENCH_FUSED:-0}" = 1 ] && echo -fused)
+  GRPOLAB_FUSED_HEAD=${BENCH_FUSED:-0} GRPOLAB_LEARNING_RECORD="$out/$name.json" GRPOLAB_LEARNING_PROGRESS=1 CUDA_VISIBLE_DEVICES=0 \
+    timeout "$limit" python3 -m pytest -q -m gpu tests/test_gpu_learning.py -k learns -p no:cacheprovider -s > "$out/$name.log" 2>&1
+  echo "$name rc=$?"; grep -E "passed|failed|Error" "$out/$name.log" | tail -n 5; grep -E "^step" "$out/$name.log" | tail -n 2 ;;
 esac
 echo "[$cmd] $(( $(date +%s) - t0 )) s"

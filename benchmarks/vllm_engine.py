@@ -15,7 +15,9 @@ micro-batches, compiled head and layers). Each script prints its numbers and wri
 Environment: BENCH_RESP (response tokens, 512), BENCH_KV (`rollout.kv_cache_dtype`, auto; also bare's),
 BENCH_MODE (`rollout.mode`, sync; one_step_off generates each next step's rollout beside the update, so
 `gen_s_median` is then the wait for it and `engine_generate_s_median` the rollout's own wall time),
-BENCH_FUSED=1 (`trainer.fused_head`), BENCH_UTIL (`rollout.gpu_memory_utilization`, 0.5; one_step_off keeps vLLM's share through the update, so on an
+BENCH_FUSED=1 (`trainer.fused_head`), BENCH_TOKENS (`trainer.ppo_max_token_len_per_gpu`, the schema's
+32,768: a 4-prompt mini-batch of 36,864 tokens packs into 2 micro-batches; 65,536 makes it one),
+BENCH_FUSED_ADAM=1 (an experiment: torch's fused AdamW kernel in place of the trainer's foreach AdamW), BENCH_UTIL (`rollout.gpu_memory_utilization`, 0.5; one_step_off keeps vLLM's share through the update, so on an
 80 GB card it needs less, e.g. 0.3), BENCH_GEN_REPS (timed generations after the steps, 3). After its steps `ours` also times vLLM's plain
 n=16 request per prompt (engine seed, no log-probs) on the same engine: `bare_n16_same_engine_tokens_per_s`,
 the bare rate without a second engine start. Since 2026-12-05 one untimed round of each comes first
@@ -38,6 +40,7 @@ PROMPTS, N, RESP, PROMPT_LEN = 8, 16, int(os.environ.get("BENCH_RESP", 512)), 64
 KV = os.environ.get("BENCH_KV", "auto")
 MODE = os.environ.get("BENCH_MODE", "sync")
 UTIL = float(os.environ.get("BENCH_UTIL", 0.5))
+FUSED_ADAM = os.environ.get("BENCH_FUSED_ADAM", "0") == "1"
 GEN_REPS = int(os.environ.get("BENCH_GEN_REPS", 3))
 
 
@@ -75,6 +78,7 @@ def params(engine: str, world: int, ppo_epochs: int, work: Path, seeded: bool = 
         "trainer": {"device": os.environ.get("BENCH_DEVICE", "cuda"), "ppo_micro_batch_size_per_gpu": 4,
                     "use_torch_compile": os.environ.get("BENCH_COMPILE", "1") == "1",
                     "fused_head": os.environ.get("BENCH_FUSED", "0") == "1", "save_freq": 0, "test_freq": 0,
+                    "ppo_max_token_len_per_gpu": int(os.environ.get("BENCH_TOKENS", 32768)),
                     "output_dir": str(work / f"out-{engine}")},
         "tracking": {"mlflow": False, "wandb": False},
     })
@@ -104,6 +108,9 @@ def ours(a) -> dict:
     p = params(a.engine, world, a.ppo_epochs, work, not a.unseeded)
     t0 = time.perf_counter()
     t = Trainer(p, a.model)
+    if FUSED_ADAM:  # experiment: torch's fused AdamW kernel instead of the foreach default (as train_phase.py's)
+        t.opt = torch.optim.AdamW(t.model.parameters(), lr=p.lr, weight_decay=p.weight_decay, fused=True)
+        t.sched = torch.optim.lr_scheduler.LambdaLR(t.opt, lambda s: 1.0)
     start_s = time.perf_counter() - t0
     steps, engine_t, used = [], [], []
     for _ in range(a.steps):
@@ -167,7 +174,8 @@ def ours(a) -> dict:
     med = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
     later = steps[1:] or steps
     out = {
-        "engine": a.engine, "mode": p.rollout.mode, "fused_head": p.trainer.fused_head, "gpu_memory_utilization": p.rollout.gpu_memory_utilization, "seed_responses": not a.unseeded, "world_size": world, "rank": t.ctx.rank, "ppo_epochs": a.ppo_epochs,
+        "engine": a.engine, "mode": p.rollout.mode, "fused_head": p.trainer.fused_head, "fused_adam": FUSED_ADAM,
+        "ppo_max_token_len_per_gpu": p.trainer.ppo_max_token_len_per_gpu, "gpu_memory_utilization": p.rollout.gpu_memory_utilization, "seed_responses": not a.unseeded, "world_size": world, "rank": t.ctx.rank, "ppo_epochs": a.ppo_epochs,
         "start_s": start_s, "steps": len(steps),
         "step_s_median": med([m["timing_s/step"] for m in later]),
         "gen_s_median": med([m["timing_s/gen"] for m in later]),
