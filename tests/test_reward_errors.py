@@ -43,3 +43,44 @@ def test_smoke_fails_when_the_reward_function_fails_and_says_why(tmp_path, monke
         stage.smoke(p)
     err = capfd.readouterr().err
     assert err.count("the grader is down") == 1 and "reward.function failed at step 1" in err
+
+
+def test_smoke_with_no_reward_signal_says_why_and_what_to_change(tmp_path, monkeypatch):
+    """A reward that scores every response alike (here 0, as a tiny model's first answers often do): every
+    advantage is 0, so the grad norm is exactly 0. The smoke test still fails (it has not seen a gradient),
+    but its error says why and names the smoke settings to raise, instead of a bare `grad_norm: 0, 0`."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "zero_reward.py").write_text(
+        "def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n    return 0.0\n")
+    mdir = models.build_tiny_model(tmp_path / "m", seed=0, warmup_steps=5)
+    data.write_toy(tmp_path / "d", 16, 4)
+    p = config.validate({
+        "n_gpus_per_node": 1, "max_prompt_length": 64, "max_response_length": 8,
+        "model": {"path": "builtin:tiny-qwen3", "local_dir": str(mdir), "gradient_checkpointing": False},
+        "data": {"train_files": [str(tmp_path / "d/train.json")], "val_files": [str(tmp_path / "d/val.json")]},
+        "rollout": {"engine": "hf"}, "reward": {"function": "zero_reward.py:compute_score", "timeout_s": 20},
+        "trainer": {"device": "cpu", "output_dir": str(tmp_path / "out")},
+        "smoke": {"train_prompt_bsz": 2, "train_prompt_mini_bsz": 2, "n_resp_per_prompt": 2,
+                  "max_prompt_length": 64, "max_response_length": 8, "output_dir": str(tmp_path / "smoke")},
+        "tracking": {"mlflow": False, "wandb": False},
+    })
+    with pytest.raises(StageFailed) as e:
+        stage.smoke(p)
+    msg = str(e.value)
+    assert "grad_norm: 0, 0" in msg and "no reward signal in step(s) 1, 2" in msg
+    assert "every advantage is 0" in msg and "smoke.train_prompt_bsz=4 -S smoke.n_resp_per_prompt=4" in msg
+
+
+def test_a_smoke_step_without_signal_passes_beside_one_with_it():
+    """The rule per step: a step with mixed rewards needs 0 < g; a step whose advantages are all 0 may have
+    g = 0; one step with a signal at least; nothing infinite or above smoke.max_grad_norm."""
+    p = config.validate({})
+    sig = {"critic/advantages/max": 0.8, "critic/advantages/min": -0.8, "critic/score/mean": 0.25}
+    flat = {"critic/advantages/max": 0.0, "critic/advantages/min": 0.0, "critic/score/mean": 0.0}
+    ok = stage.grad_norm_check(p, [{**flat, "actor/grad_norm": 0.0}, {**sig, "actor/grad_norm": 0.3}])
+    assert ok["pass"] and "no reward signal in step(s) 1" in ok["note"] and "dvc exp run" not in ok["note"]
+    assert not stage.grad_norm_check(p, [{**sig, "actor/grad_norm": 0.0}, {**sig, "actor/grad_norm": 0.3}])["pass"]
+    assert not stage.grad_norm_check(p, [{**flat, "actor/grad_norm": float("inf")}, {**sig, "actor/grad_norm": 0.3}])["pass"]
+    assert not stage.grad_norm_check(p, [{**sig, "actor/grad_norm": 2e3}])["pass"]
+    both_flat = stage.grad_norm_check(p, [{**flat, "actor/grad_norm": 0.0}] * 2)
+    assert not both_flat["pass"] and "smoke.train_prompt_bsz=16" in both_flat["note"]

@@ -323,7 +323,7 @@ def validation_rows(p: Params, c: Context) -> list[list]:
                      "Pass" if m["pass"] else "Fail"])
         g = checks["grad_norm"]
         rows.append(["Grad norm (smoke)", _steps(list(enumerate(g["value"], 1))),
-                     ("Pass" if g["pass"] else "Fail") + f" - {g['rule']}"])
+                     ("Pass" if g["pass"] else "Fail") + f" - {g['rule']}" + (f"; {g['note']}" if g.get("note") else "")])
         tr = checks.get("tracking_reached")
         if tr:
             rows.append(["Tracking (smoke)", f"reached {', '.join(tr['value']) or 'nothing'}",

@@ -198,7 +198,6 @@ def device_memory_gb(p: Params, device: str) -> float:
 def smoke_checks(p: Params, summary: dict) -> dict:
     """The smoke stage's checks, each {value, pass, rule}; written as DVC metrics."""
     steps = summary["steps_done"]
-    gns = [h.get("actor/grad_norm", float("nan")) for h in summary["history"]]
     peak = max((h.get("perf/max_memory_allocated_gb", 0.0) for h in summary["history"]), default=0.0)
     mem = device_memory_gb(p, summary["device"])
     want = {"mlflow"} if p.tracking.mlflow else set()
@@ -206,9 +205,7 @@ def smoke_checks(p: Params, summary: dict) -> dict:
     checks = {
         "steps_completed": {"value": steps, "pass": steps == p.trainer.total_training_steps,
                             "rule": f"== {p.trainer.total_training_steps}"},
-        "grad_norm": {"value": gns, "pass": bool(gns) and all(
-            math.isfinite(g) and 0 < g <= p.smoke.max_grad_norm for g in gns),
-            "rule": f"finite, 0 < g <= {p.smoke.max_grad_norm:g}"},
+        "grad_norm": grad_norm_check(p, summary["history"]),
         "peak_memory_gb": {"value": round(peak, 3), "device_gb": round(mem, 1),
                            "pass": peak < 0.95 * mem, "rule": "< 95% of device memory"},
         "tracking_reached": {"value": sorted(summary["reached"]), "pass": want <= set(summary["reached"]),
@@ -221,6 +218,37 @@ def smoke_checks(p: Params, summary: dict) -> dict:
         checks["reward_errors"] = {"value": round(share, 3), "pass": share <= 0.5,
                                    "rule": "<= 0.5 of the reward function calls failing"}
     return checks
+
+
+def _flat(h: dict) -> bool:
+    """A step whose every advantage is 0: each group's responses all scored alike (all wrong, say), so the
+    policy loss has no gradient, and with no KL drift yet or entropy bonus the grad norm is exactly 0."""
+    return all(h.get(f"critic/advantages/{s}", 0.0) == 0.0 for s in ("max", "min"))
+
+
+def grad_norm_check(p: Params, history: list[dict]) -> dict:
+    """Gradients flow: every step's grad norm finite and <= smoke.max_grad_norm, and > 0 where the step had
+    a reward signal. A step with none (every advantage 0) may have 0, but one step at least needs a signal,
+    or the smoke test has not shown a gradient at all; its note says so and what to change."""
+    gns = [h.get("actor/grad_norm", float("nan")) for h in history]
+    flat = [i + 1 for i, h in enumerate(history) if _flat(h)]
+    ok = bool(gns) and all(math.isfinite(g) and g <= p.smoke.max_grad_norm and (g > 0 or i + 1 in flat)
+                           for i, g in enumerate(gns))
+    check = {"value": gns, "pass": ok and len(flat) < len(gns),
+             "rule": f"finite, <= {p.smoke.max_grad_norm:g}, > 0 in a step with a reward signal (one at least)"}
+    if flat:
+        scores = sorted({round(h.get("critic/score/mean", float("nan")), 4) for h in history
+                         if _flat(h)})
+        check["note"] = (
+            f"no reward signal in step(s) {', '.join(map(str, flat))}: every response scored the same as the "
+            f"others of its prompt (mean score {', '.join(map(str, scores))}), so every advantage is 0")
+        if not check["pass"] and ok:
+            sp = p.with_smoke()
+            check["note"] += (
+                f". With {sp.train_prompt_bsz} prompts x {sp.n_resp_per_prompt} responses the smoke test saw no "
+                f"group with mixed rewards; give it more, e.g. `dvc exp run -S smoke.train_prompt_bsz="
+                f"{2 * sp.train_prompt_bsz} -S smoke.n_resp_per_prompt={2 * sp.n_resp_per_prompt}`, or another seed")
+    return check
 
 
 def smoke(p: Params) -> None:
@@ -238,7 +266,8 @@ def smoke(p: Params) -> None:
     (Path(sp.trainer.output_dir) / "summary.json").unlink(missing_ok=True)
     launch.run(sp, smoke_body)
     checks = json.loads((Path(sp.trainer.output_dir) / "summary.json").read_text())["checks"]
-    failed = [f"{k}: {_shown(c['value'])} (rule {c['rule']})" for k, c in checks.items() if not c["pass"]]
+    failed = [f"{k}: {_shown(c['value'])} (rule {c['rule']})" + (f"\n    {c['note']}" if c.get("note") else "")
+              for k, c in checks.items() if not c["pass"]]
     if failed:
         raise StageFailed("smoke test failed:\n  " + "\n  ".join(failed))
     console.print("[green]smoke passed[/]: " + ", ".join(f"{k} {_shown(c['value'])}" for k, c in checks.items()),
