@@ -139,7 +139,8 @@ def test_dvclive_records_every_step_without_rereading_its_files_when_studio_is_o
 
 def test_a_copied_workspace_keeps_its_artifacts_to_itself(tmp_path):
     """`cp -a` of a workspace: the copy's store named the original's `mlartifacts/` (absolute); its
-    next run writes into its own, the original is not touched, and the copy's old runs are readable."""
+    next run writes into its own, the original is not touched, and the copy's old runs are readable. Records
+name the store relative to the workspace, so a record restored into a copy names the copy's store."""
     import shutil
 
     orig, copy = tmp_path / "orig", tmp_path / "copy"
@@ -154,6 +155,7 @@ def test_a_copied_workspace_keeps_its_artifacts_to_itself(tmp_path):
     tr = Tracker(_params(), stage="train", root=copy, dvclive=False)
     tr.log_artifact(copy / "note.txt")
     second = tr.ids()["mlflow_run_id"]
+    assert tr.ids()["mlflow_uri"] == "sqlite:///mlflow.db"  # the record names the workspace's own store, not a path
     tr.close()
     assert sorted(str(f.relative_to(orig)) for f in (orig / "mlartifacts").rglob("*")) == before
     assert (copy / "mlartifacts" / second / "artifacts" / "note.txt").exists()

@@ -131,7 +131,9 @@ class MlflowBackend:
             warn(f"MLflow tags not stored: {type(exc).__name__}: {exc}")
 
     def ids(self) -> dict:
-        return {"mlflow_run_id": self.mlflow_run.info.run_id, "mlflow_uri": self.uri}
+        # the workspace's own store by its name in the workspace (`sqlite:///mlflow.db`), as records show it: a
+        # copy's record, or one DVC restores into a copy, names the copy's store, never the original's path
+        return {"mlflow_run_id": self.mlflow_run.info.run_id, "mlflow_uri": mlflow_runs.shown_uri(self.uri, self.run.root)}
 
     def close(self, ok: bool) -> bool:
         """End the run; False when steps are left unsent (saved beside the store)."""
