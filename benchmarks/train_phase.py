@@ -86,7 +86,7 @@ CPU_CHECK = not os.environ.get("BENCH_DEVICE", "cuda") == "cuda"  # BENCH_DEVICE
 if CPU_CHECK:
     SHAPES = {"64x512": (24, 32, 32, "full"), "2048x4096": (32, 64, 32, "mixed"), "step512": (24, 32, 32, "full")}
     SCHEDULE = {"step512": (3, 1)}
-    VARIANTS = {k: v for k, v in VARIANTS.items() if k in ("before", "packed", "packed_nogc", "compiled_16k", "fused_16k")}
+    VARIANTS = {k: v for k, v in VARIANTS.items() if k in ("before", "packed", "packed_nogc", "compiled_16k", "fused_16k", "fused_64k_fadam")}
 MODEL = "builtin:tiny-qwen3" if CPU_CHECK else "builtin:qwen3-0.6b-random"
 
 
