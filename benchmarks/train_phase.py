@@ -153,6 +153,7 @@ def params(variant: str, shape: str, world: int, work: Path):
         "data": {"train_files": [str(work / "rows.json")], "val_files": [str(work / "rows.json")]},
         "rollout": {"engine": "hf"},
         "trainer": {"device": "cpu" if CPU_CHECK else "cuda", "ppo_micro_batch_size_per_gpu": 4, "save_freq": 0, "test_freq": 0,
+                    "fused_head": False,  # the fused_* variants turn it on (the schema's default since 2026-12-06)
                     "output_dir": str(work / "out")},
         "tracking": {"mlflow": False, "wandb": False},
     }

@@ -14,7 +14,7 @@ Environment overrides (issue 23; unset = the recipe as above, unchanged):
 GRPOLAB_KV_CACHE_DTYPE=fp8 (or fp8_e4m3, fp8_e5m2, auto) sets `rollout.kv_cache_dtype`, handed to vLLM as is;
 it is then recorded in the JSON record (`kv_cache_dtype`) and in each run's extras.
 GRPOLAB_ROLLOUT_MODE=one_step_off sets `rollout.mode` (recorded as `rollout_mode` in the record and extras).
-GRPOLAB_FUSED_HEAD=1 sets `trainer.fused_head` (tests/test_learning.py's switch; recorded as `fused_head`).
+GRPOLAB_FUSED_HEAD=0 turns `trainer.fused_head` off (tests/test_learning.py's switch; the record says `fused_head`).
 GRPOLAB_LEARNING_PROGRESS=1 prints one line per step (score, log-prob gap), so that a run cut short by a
 time limit still shows how far it got.
 
@@ -119,7 +119,7 @@ def run_vllm(toy_setup, name: str, advantage_sign: float) -> tuple[list[float], 
     record = os.environ.get("GRPOLAB_LEARNING_RECORD")
     if record:
         rec = {**({} if KV_CACHE_DTYPE is None else {"kv_cache_dtype": KV_CACHE_DTYPE}),
-               **({"fused_head": True} if tl.FUSED_HEAD else {}),
+               "fused_head": tl.FUSED_HEAD,
                **({} if ROLLOUT_MODE is None else {"rollout_mode": ROLLOUT_MODE}), **CURVES}
         Path(record).write_text(json.dumps(rec, indent=1) + "\n")
     return scores, extra["wall_s"], extra
