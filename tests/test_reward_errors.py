@@ -68,7 +68,7 @@ def test_smoke_with_no_reward_signal_says_why_and_what_to_change(tmp_path, monke
         stage.smoke(p)
     msg = str(e.value)
     assert "grad_norm: 0, 0" in msg and "no reward signal in step(s) 1, 2" in msg
-    assert "every advantage is 0" in msg and "smoke.train_prompt_bsz=4 -S smoke.n_resp_per_prompt=4" in msg
+    assert "(mean score 0)" in msg and "every advantage is 0" in msg and "smoke.train_prompt_bsz=4 -S smoke.n_resp_per_prompt=4" in msg
 
 
 def test_a_smoke_step_without_signal_passes_beside_one_with_it():

@@ -237,11 +237,10 @@ def grad_norm_check(p: Params, history: list[dict]) -> dict:
     check = {"value": gns, "pass": ok and len(flat) < len(gns),
              "rule": f"finite, <= {p.smoke.max_grad_norm:g}, > 0 in a step with a reward signal (one at least)"}
     if flat:
-        scores = sorted({round(h.get("critic/score/mean", float("nan")), 4) for h in history
-                         if _flat(h)})
+        scores = sorted({f"{h.get('critic/score/mean', float('nan')):.4g}" for h in history if _flat(h)})
         check["note"] = (
             f"no reward signal in step(s) {', '.join(map(str, flat))}: every response scored the same as the "
-            f"others of its prompt (mean score {', '.join(map(str, scores))}), so every advantage is 0")
+            f"others of its prompt (mean score {', '.join(scores)}), so every advantage is 0")
         if not check["pass"] and ok:
             sp = p.with_smoke()
             check["note"] += (
