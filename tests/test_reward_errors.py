@@ -22,23 +22,28 @@ def test_health_reports_a_failing_reward_share():
     assert "reward function failing" not in {x.rule for x in health.check(bad, {**p, "health": {"reward_error_share": 1.0}})}
 
 
-def test_smoke_fails_when_the_reward_function_fails_and_says_why(tmp_path, monkeypatch, capfd):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "bad_reward.py").write_text(
-        "def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n"
-        "    raise ValueError('the grader is down')\n")
+def smoke_params(tmp_path, module: str) -> config.Params:
+    """A 2 x 2 smoke on the tiny model and toy sums, scored by `<module>.py:compute_score` in tmp_path."""
     mdir = models.build_tiny_model(tmp_path / "m", seed=0, warmup_steps=5)
     data.write_toy(tmp_path / "d", 16, 4)
-    p = config.validate({
+    return config.validate({
         "n_gpus_per_node": 1, "max_prompt_length": 64, "max_response_length": 8,
         "model": {"path": "builtin:tiny-qwen3", "local_dir": str(mdir), "gradient_checkpointing": False},
         "data": {"train_files": [str(tmp_path / "d/train.json")], "val_files": [str(tmp_path / "d/val.json")]},
-        "rollout": {"engine": "hf"}, "reward": {"function": "bad_reward.py:compute_score", "timeout_s": 20},
+        "rollout": {"engine": "hf"}, "reward": {"function": f"{module}.py:compute_score", "timeout_s": 20},
         "trainer": {"device": "cpu", "output_dir": str(tmp_path / "out")},
         "smoke": {"train_prompt_bsz": 2, "train_prompt_mini_bsz": 2, "n_resp_per_prompt": 2,
                   "max_prompt_length": 64, "max_response_length": 8, "output_dir": str(tmp_path / "smoke")},
         "tracking": {"mlflow": False, "wandb": False},
     })
+
+
+def test_smoke_fails_when_the_reward_function_fails_and_says_why(tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad_reward.py").write_text(
+        "def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n"
+        "    raise ValueError('the grader is down')\n")
+    p = smoke_params(tmp_path, "bad_reward")
     with pytest.raises(StageFailed, match=r"reward_errors: 1 \(rule <= 0.5"):
         stage.smoke(p)
     err = capfd.readouterr().err
@@ -52,18 +57,7 @@ def test_smoke_with_no_reward_signal_says_why_and_what_to_change(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     (tmp_path / "zero_reward.py").write_text(
         "def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n    return 0.0\n")
-    mdir = models.build_tiny_model(tmp_path / "m", seed=0, warmup_steps=5)
-    data.write_toy(tmp_path / "d", 16, 4)
-    p = config.validate({
-        "n_gpus_per_node": 1, "max_prompt_length": 64, "max_response_length": 8,
-        "model": {"path": "builtin:tiny-qwen3", "local_dir": str(mdir), "gradient_checkpointing": False},
-        "data": {"train_files": [str(tmp_path / "d/train.json")], "val_files": [str(tmp_path / "d/val.json")]},
-        "rollout": {"engine": "hf"}, "reward": {"function": "zero_reward.py:compute_score", "timeout_s": 20},
-        "trainer": {"device": "cpu", "output_dir": str(tmp_path / "out")},
-        "smoke": {"train_prompt_bsz": 2, "train_prompt_mini_bsz": 2, "n_resp_per_prompt": 2,
-                  "max_prompt_length": 64, "max_response_length": 8, "output_dir": str(tmp_path / "smoke")},
-        "tracking": {"mlflow": False, "wandb": False},
-    })
+    p = smoke_params(tmp_path, "zero_reward")
     with pytest.raises(StageFailed) as e:
         stage.smoke(p)
     msg = str(e.value)
