@@ -30,7 +30,8 @@
 #   benchmarks/gpu_kv_dtype.sh tests OUT [LIMIT_S]        pytest -m gpu tests/test_vllm_gpu.py (OUT/gpu-tests.log; 360 s:
 #                                                         on a fresh machine the compile caches are cold, 200 s ran out)
 #   benchmarks/gpu_kv_dtype.sh learning OUT [LIMIT_S]     the GPU learning test's learning run only (-k learns; ~270 s warm):
-#                                                         OUT/learning[-fused].{json,log}; BENCH_FUSED=1: trainer.fused_head
+#                                                         OUT/learning[-checkpointed-head].{json,log}; the fused head (the
+#                                                         default) unless BENCH_FUSED=0
 # Each writes OUT/<what>.json and OUT/<what>.log; several can be chained in one call (`a && b; c`).
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -132,8 +133,8 @@ tests)
     > "$out/gpu-tests.log" 2>&1; echo "gpu tests rc=$?"; grep -E "passed|failed|error|SKIP" "$out/gpu-tests.log" | tail -n 8 ;;
 learning)
   out=$1 limit=${2:-400}; mkdir -p "$out"; cd "$repo"
-  name=learning$([ "${BENCH_FUSED:-0}" = 1 ] && echo -fused)
-  GRPOLAB_FUSED_HEAD=${BENCH_FUSED:-0} GRPOLAB_LEARNING_RECORD="$out/$name.json" GRPOLAB_LEARNING_PROGRESS=1 CUDA_VISIBLE_DEVICES=0 \
+  name=learning$([ "${BENCH_FUSED:-1}" = 0 ] && echo -checkpointed-head)
+  GRPOLAB_FUSED_HEAD=${BENCH_FUSED:-1} GRPOLAB_LEARNING_RECORD="$out/$name.json" GRPOLAB_LEARNING_PROGRESS=1 CUDA_VISIBLE_DEVICES=0 \
     timeout "$limit" python3 -m pytest -q -m gpu tests/test_gpu_learning.py -k learns -p no:cacheprovider -s > "$out/$name.log" 2>&1
   echo "$name rc=$?"; grep -E "passed|failed|Error" "$out/$name.log" | tail -n 5; grep -E "^step" "$out/$name.log" | tail -n 2 ;;
 esac

@@ -104,6 +104,16 @@ def test_experiment_report_shows_only_the_real_change(shared):
     baseline = sh(["git", "rev-parse", "HEAD"], ws, shared["env"], {}, "head").stdout.strip()
     assert f"refs/exps/{baseline[:2]}/{baseline[2:]}/lr4" in md_row(text, "Commit")[1]
     assert md_row(text, "Branch")[1] == "`main`"  # not the experiment's name
+    # the outcome against the baseline commit's own numbers (its steps.json and dvclive metrics in git)
+    from grpolab.metrics.evalmetrics import best_step, parse_steps
+
+    base_best = best_step(parse_steps(sh(["git", "show", "HEAD:results/eval/steps.json"], ws, shared["env"], {},
+                                         "show").stdout), "avg@2")
+    against = re.search(rf"Against the baseline `{baseline[:7]}` \(`lr` 0.002 -> 0.004\): best held-out `avg@2` "
+                        rf"\S+ \(step \d+\) against (\S+) \(step (\d+)\): (better|worse|within noise) ", text)
+    assert against and (float(against[1]), int(against[2])) == (pytest.approx(base_best[1], abs=1e-4), base_best[0])
+    if against[3] == "worse":  # the other side, 0.0, is refused (lr > 0): no proposal
+        assert "Next: the other side" not in text
     assert md_row(text, "Uncommitted changes")[1] == \
         "No (the experiment's commit holds its changes: params.yaml (Modified))"  # outputs are not "dirty"
     # one judgement everywhere: MLflow's tag on the experiment's runs says the same

@@ -224,4 +224,14 @@ def read_steps(path: Path) -> dict[int, dict]:
     """`steps.json` back into {step: metrics} ({} when absent)."""
     if not Path(path).exists():
         return {}
-    return {int(r["step"]): {k: v for k, v in r.items() if k != "step"} for r in json.loads(Path(path).read_text())}
+    return parse_steps(Path(path).read_text())
+
+
+def parse_steps(text: str) -> dict[int, dict]:
+    """The text of a `steps.json` (a file, or one read from a commit) as {step: metrics}."""
+    return {int(r["step"]): {k: v for k, v in r.items() if k != "step"} for r in json.loads(text or "[]")}
+
+
+def prompts_scored(metrics: dict) -> int:
+    """Prompts a step's evaluation scored, over all data sources (`eval/<source>/n_prompts`)."""
+    return int(sum(metrics.get(f"{PREFIX}/{s}/n_prompts", 0) for s in data_sources(metrics)))

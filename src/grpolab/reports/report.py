@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from grpolab.params import schema as config
-from grpolab.reports import diary, postmortem
+from grpolab.reports import baseline, diary, postmortem
 from grpolab.records import gitmeta
 from grpolab.metrics import monitor
 from grpolab.metrics import health
@@ -440,6 +440,9 @@ def notes(p: Params, c: Context) -> list[str]:
                    f"{num(t['max_per_step'])} tokens per step ({num(t['max_per_step_per_gpu'])} per {c.unit}). "
                    f"`grpolab preflight --device-memory-gb 80` checks a recipe against 80 GB devices before a run.")
     out += best_checkpoint_notes(p, c)
+    against = baseline.note(p, c)
+    if against:
+        out.append(against)
     for f in c.findings:
         out.append(f"**{f.rule}**: {f.evidence}. {f.advice[:1].upper() + f.advice[1:]}. Next: `{f.command}`")
     if not c.findings and c.hist:
