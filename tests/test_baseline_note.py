@@ -23,9 +23,10 @@ def test_the_next_experiment_is_one_more_step_or_the_other_side_and_always_valid
     p = config.validate({})
     assert baseline.next_value(p, "ppo_epochs", 2, 1, better=False) == 3  # worse: the other side, an int
     assert baseline.next_value(p, "ppo_epochs", 2, 3, better=True) == 4  # better: one more step
-    assert baseline.next_value(p, "lr", 0.003, 0.004, better=True) == pytest.approx(0.005)
-    assert baseline.next_value(p, "lr", 0.002, 0.004, better=False) is None  # 0.0: lr must be > 0
-    assert baseline.next_value(p, "rollout.gpu_memory_utilization", 0.5, 0.7, better=True) == pytest.approx(0.9)
-    assert baseline.next_value(p, "rollout.gpu_memory_utilization", 0.7, 0.9, better=True) is None  # 1.1 refused
+    assert baseline.next_value(p, "lr", 0.003, 0.006, better=True) == pytest.approx(0.012)  # real: by the ratio
+    assert baseline.next_value(p, "lr", 0.003, 0.006, better=False) == pytest.approx(0.0015)  # not 0 (refused)
+    assert baseline.next_value(p, "temperature", 1.0, 1.25, better=False) == pytest.approx(0.8)
+    assert baseline.next_value(p, "kl_loss_coef", 0.0, 0.001, better=True) == pytest.approx(0.002)  # from 0: by the difference
+    assert baseline.next_value(p, "rollout.gpu_memory_utilization", 0.6, 0.8, better=True) is None  # 1.067 refused
     assert baseline.next_value(p, "trainer.fused_head", True, False, better=True) is None  # not a number
     assert baseline.next_value(p, "exp_name", "a", "b", better=True) is None

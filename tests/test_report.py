@@ -112,8 +112,9 @@ def test_experiment_report_shows_only_the_real_change(shared):
     against = re.search(rf"Against the baseline `{baseline[:7]}` \(`lr` 0.002 -> 0.004\): best held-out `avg@2` "
                         rf"\S+ \(step \d+\) against (\S+) \(step (\d+)\): (better|worse|within noise) ", text)
     assert against and (float(against[1]), int(against[2])) == (pytest.approx(base_best[1], abs=1e-4), base_best[0])
-    if against[3] == "worse":  # the other side, 0.0, is refused (lr > 0): no proposal
-        assert "Next: the other side" not in text
+    nxt = {"worse": "the other side of the baseline: `dvc exp run -S lr=0.001`",  # by the ratio: 0.002^2 / 0.004
+           "better": "one more step the same way: `dvc exp run -S lr=0.008`"}.get(against[3])
+    assert nxt is None or f"Next: {nxt}" in text, against[0]
     assert md_row(text, "Uncommitted changes")[1] == \
         "No (the experiment's commit holds its changes: params.yaml (Modified))"  # outputs are not "dirty"
     # one judgement everywhere: MLflow's tag on the experiment's runs says the same

@@ -2,7 +2,8 @@
 stage's best checkpoint, `val.select_metric`) and the final training score, each beside the baseline
 commit's own (its `steps.json` and dvclive metrics, kept in git), with a verdict that counts the held-out
 set's sampling noise; and, when one number changed, the next experiment to run (the other side of the
-baseline when the change did worse, one more step the same way when it did better).
+baseline when the change did worse, one more step the same way when it did better: by the difference for
+whole numbers, by the ratio for positive real ones).
 
 The noise band: a held-out score is a mean of N = prompts x `val.n` 0/1 outcomes, standard error
 sqrt(v (1 - v) / N); two runs differ beyond noise when |difference| > 2 x the standard error of the
@@ -34,11 +35,17 @@ def verdict(cur: float, base: float, band: float) -> str:
 
 def next_value(p: Params, key: str, base, cur, better: bool):
     """One more step of the change the same way (better) or the same step the other way from the
-    baseline (worse), as the param's type; None when it is not a number or the value is refused."""
+    baseline (worse), as the param's type; None when it is not a number or the value is refused. Whole
+    numbers step by the difference (ppo_epochs 2 -> 1: 3); positive real ones by the ratio (lr 0.003 ->
+    0.006: 0.0015, where the difference would give 0)."""
     if isinstance(cur, bool) or not isinstance(cur, (int, float)) or not isinstance(base, (int, float)):
         return None
-    new = cur + (cur - base) if better else base - (cur - base)
-    new = round(new) if isinstance(cur, int) and isinstance(base, int) else float(f"{new:.4g}")
+    if isinstance(cur, int) and isinstance(base, int):
+        new = cur + (cur - base) if better else base - (cur - base)
+    elif cur > 0 and base > 0:
+        new = float(f"{(cur * cur / base if better else base * base / cur):.4g}")
+    else:
+        new = float(f"{(cur + (cur - base) if better else base - (cur - base)):.4g}")
     if new in (base, cur):
         return None
     nested: dict = {}
