@@ -226,10 +226,9 @@ class TrainerCfg(_Strict):
                                    "model.use_liger, whose kernels torch.compile cannot trace")
     logits_chunk_tokens: int = D(1024, "Response tokens per chunk of the checkpointed LM head in the "
                                        "log-prob pass (0 = all at once; bounds logits memory)", ge=0)
-    fused_head: bool = D(True, "The update's LM head chunks with a hand-written backward (logits recomputed "
-                               "once and turned into their gradient in one pass) instead of activation "
-                               "checkpointing; same values (false: the checkpointed chunks). "
-                               "verl: actor_rollout_ref.model.use_fused_kernels")
+    fused_head: bool = D(True, "The update's LM head chunks with a hand-written backward (logits recomputed once "
+                               "and turned into their gradient in one pass) instead of activation checkpointing "
+                               "(false); same values. verl: actor_rollout_ref.model.use_fused_kernels")
     output_dir: str = D("results/train", "Folder of the final model (and best/, with early stopping) and "
                                          "summary.json")
     log_samples: int = D(2, "Responses kept per step in the summary for eyeballing", ge=0)
