@@ -32,6 +32,8 @@ forwards as useful work too: (6 + 2 (+ 2)) x params x tokens over the whole phas
     compiled_64k     ... with a 65,536-token budget; compiled_fused_adam: torch's fused AdamW (an experiment)
     fused_64k        fused_16k with a 65,536-token budget (step512: a 36,864-token mini-batch in 1 micro-batch, not 2)
     fused_64k_fadam  fused_64k with torch's fused AdamW
+    fused_64k_keep   fused_64k_fadam with FSDP2's reshard_after_forward off (each micro-batch gathers the bf16
+                     weights once, not again in backward; on one GPU the "gather" is a copy and a cast)
     defaults         the schema's defaults
 """
 from __future__ import annotations
@@ -69,6 +71,9 @@ VARIANTS = {
                   "trainer": {"fused_head": True, "ppo_max_token_len_per_gpu": 65536}},
     "fused_64k_fadam": {"model": {"gradient_checkpointing": False},
                         "trainer": {"fused_head": True, "ppo_max_token_len_per_gpu": 65536}, "_fused_adam": True},
+    "fused_64k_keep": {"model": {"gradient_checkpointing": False},
+                       "trainer": {"fused_head": True, "ppo_max_token_len_per_gpu": 65536}, "_fused_adam": True,
+                       "_keep": True},
     "compiled_64k": {"model": {"gradient_checkpointing": False}, "trainer": {"ppo_max_token_len_per_gpu": 65536}},
     "compiled_fused_adam": {"model": {"gradient_checkpointing": False}, "trainer": {"ppo_max_token_len_per_gpu": 32768},
                             "_fused_adam": True},
@@ -86,8 +91,19 @@ CPU_CHECK = not os.environ.get("BENCH_DEVICE", "cuda") == "cuda"  # BENCH_DEVICE
 if CPU_CHECK:
     SHAPES = {"64x512": (24, 32, 32, "full"), "2048x4096": (32, 64, 32, "mixed"), "step512": (24, 32, 32, "full")}
     SCHEDULE = {"step512": (3, 1)}
-    VARIANTS = {k: v for k, v in VARIANTS.items() if k in ("before", "packed", "packed_nogc", "compiled_16k", "fused_16k", "fused_64k_fadam")}
+    VARIANTS = {k: v for k, v in VARIANTS.items() if k in ("before", "packed", "packed_nogc", "compiled_16k", "fused_16k", "fused_64k_fadam",
+                                                      "fused_64k_keep")}
 MODEL = "builtin:tiny-qwen3" if CPU_CHECK else "builtin:qwen3-0.6b-random"
+
+
+def keep_gathered(model) -> None:
+    """An experiment: FSDP2 keeps each module's gathered bf16 weights from forward to backward
+    (reshard_after_forward off) instead of gathering them again for the backward pass."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.set_reshard_after_forward(False, recurse=False)
 
 
 def matmul_tflops(n: int = 8192, iters: int = 20) -> float:
@@ -218,6 +234,8 @@ def one(a) -> dict:
     if spec.get("_fused_adam"):  # experiment: torch's fused AdamW kernel instead of the foreach default
         t.opt = torch.optim.AdamW(t.model.parameters(), lr=p.lr, weight_decay=p.weight_decay, fused=True)
         t.sched = torch.optim.lr_scheduler.LambdaLR(t.opt, lambda s: 1.0)
+    if spec.get("_keep"):
+        keep_gathered(t.model)
     peak_tflops = matmul_tflops()
     rollout = synthetic_rollout(a.shape, t.ctx.rank, world)
     batch = tr.build_batch(rollout, t.tok.pad_token_id, t.device)

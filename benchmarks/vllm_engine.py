@@ -17,7 +17,8 @@ BENCH_MODE (`rollout.mode`, sync; one_step_off generates each next step's rollou
 `gen_s_median` is then the wait for it and `engine_generate_s_median` the rollout's own wall time),
 BENCH_FUSED=1 (`trainer.fused_head`; off unless set, as in the runs before it became the default), BENCH_TOKENS (`trainer.ppo_max_token_len_per_gpu`, the schema's
 32,768: a 4-prompt mini-batch of 36,864 tokens packs into 2 micro-batches; 65,536 makes it one),
-BENCH_FUSED_ADAM=1 (an experiment: torch's fused AdamW kernel in place of the trainer's foreach AdamW), BENCH_UTIL (`rollout.gpu_memory_utilization`, 0.5; one_step_off keeps vLLM's share through the update, so on an
+BENCH_FUSED_ADAM=1 (an experiment: torch's fused AdamW kernel in place of the trainer's foreach AdamW), BENCH_KEEP=1
+(an experiment: FSDP2's reshard_after_forward off, train_phase.py's keep_gathered), BENCH_UTIL (`rollout.gpu_memory_utilization`, 0.5; one_step_off keeps vLLM's share through the update, so on an
 80 GB card it needs less, e.g. 0.3), BENCH_GEN_REPS (timed generations after the steps, 3). After its steps `ours` also times vLLM's plain
 n=16 request per prompt (engine seed, no log-probs) on the same engine: `bare_n16_same_engine_tokens_per_s`,
 the bare rate without a second engine start. Since 2026-12-05 one untimed round of each comes first
@@ -35,12 +36,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_phase.keep_gathered (BENCH_KEEP)
 
 PROMPTS, N, RESP, PROMPT_LEN = 8, 16, int(os.environ.get("BENCH_RESP", 512)), 64
 KV = os.environ.get("BENCH_KV", "auto")
 MODE = os.environ.get("BENCH_MODE", "sync")
 UTIL = float(os.environ.get("BENCH_UTIL", 0.5))
 FUSED_ADAM = os.environ.get("BENCH_FUSED_ADAM", "0") == "1"
+KEEP = os.environ.get("BENCH_KEEP", "0") == "1"
 GEN_REPS = int(os.environ.get("BENCH_GEN_REPS", 3))
 
 
@@ -111,6 +114,10 @@ def ours(a) -> dict:
     if FUSED_ADAM:  # experiment: torch's fused AdamW kernel instead of the foreach default (as train_phase.py's)
         t.opt = torch.optim.AdamW(t.model.parameters(), lr=p.lr, weight_decay=p.weight_decay, fused=True)
         t.sched = torch.optim.lr_scheduler.LambdaLR(t.opt, lambda s: 1.0)
+    if KEEP:
+        from train_phase import keep_gathered
+
+        keep_gathered(t.model)
     start_s = time.perf_counter() - t0
     steps, engine_t, used = [], [], []
     for _ in range(a.steps):
