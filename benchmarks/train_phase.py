@@ -32,7 +32,7 @@ forwards as useful work too: (6 + 2 (+ 2)) x params x tokens over the whole phas
     compiled_64k     ... with a 65,536-token budget; compiled_fused_adam: torch's fused AdamW (an experiment)
     fused_64k        fused_16k with a 65,536-token budget (step512: a 36,864-token mini-batch in 1 micro-batch, not 2)
     fused_64k_fadam  fused_64k with torch's fused AdamW
-    fused_64k_keep   fused_64k_fadam with FSDP2's reshard_after_forward off (each micro-batch gathers the bf16
+    fused_64k_keep   fused_64k with FSDP2's reshard_after_forward off (each micro-batch gathers the bf16
                      weights once, not again in backward; on one GPU the "gather" is a copy and a cast)
     defaults         the schema's defaults
 """
@@ -72,8 +72,7 @@ VARIANTS = {
     "fused_64k_fadam": {"model": {"gradient_checkpointing": False},
                         "trainer": {"fused_head": True, "ppo_max_token_len_per_gpu": 65536}, "_fused_adam": True},
     "fused_64k_keep": {"model": {"gradient_checkpointing": False},
-                       "trainer": {"fused_head": True, "ppo_max_token_len_per_gpu": 65536}, "_fused_adam": True,
-                       "_keep": True},
+                       "trainer": {"fused_head": True, "ppo_max_token_len_per_gpu": 65536}, "_keep": True},
     "compiled_64k": {"model": {"gradient_checkpointing": False}, "trainer": {"ppo_max_token_len_per_gpu": 65536}},
     "compiled_fused_adam": {"model": {"gradient_checkpointing": False}, "trainer": {"ppo_max_token_len_per_gpu": 32768},
                             "_fused_adam": True},
