@@ -25,8 +25,8 @@ forwards as useful work too: (6 + 2 (+ 2)) x params x tokens over the whole phas
     head_compiled    packed_nogc, 32,768 tokens, only the LM head's chunk compiled
     liger            liger_eager with the compiled head (Liger's kernels cannot be traced: layers stay eager)
     compiled         packed_nogc, 32,768 tokens, head and decoder layers compiled (trainer.use_torch_compile)
-    compiled_16k     compiled at the schema's budget: 32,768 tokens since issue 19 (the name is from when the
-                     default was 16,384; every result under this name since then ran 32,768, as `compiled`);
+    compiled_16k     compiled at 32,768 tokens, the schema's budget from issue 19 to 2026-12-07 (the name is from
+                     when it was 16,384; every result under this name since issue 19 ran 32,768, as `compiled`);
                      compiled_gc / compiled_gc14: checkpointing all / 14 layers
     fused_16k        compiled_16k with trainer.fused_head (the LM head's hand-written backward); 32,768 tokens
     compiled_64k     ... with a 65,536-token budget; compiled_fused_adam: torch's fused AdamW (an experiment)
@@ -169,6 +169,7 @@ def params(variant: str, shape: str, world: int, work: Path):
         "rollout": {"engine": "hf"},
         "trainer": {"device": "cpu" if CPU_CHECK else "cuda", "ppo_micro_batch_size_per_gpu": 4, "save_freq": 0, "test_freq": 0,
                     "fused_head": False,  # the fused_* variants turn it on (the schema's default since 2026-12-06)
+                    "ppo_max_token_len_per_gpu": 32768,  # the schema's default until 2026-12-07 (now 65,536)
                     "output_dir": str(work / "out")},
         "tracking": {"mlflow": False, "wandb": False},
     }

@@ -15,8 +15,9 @@ micro-batches, compiled head and layers). Each script prints its numbers and wri
 Environment: BENCH_RESP (response tokens, 512), BENCH_KV (`rollout.kv_cache_dtype`, auto; also bare's),
 BENCH_MODE (`rollout.mode`, sync; one_step_off generates each next step's rollout beside the update, so
 `gen_s_median` is then the wait for it and `engine_generate_s_median` the rollout's own wall time),
-BENCH_FUSED=1 (`trainer.fused_head`; off unless set, as in the runs before it became the default), BENCH_TOKENS (`trainer.ppo_max_token_len_per_gpu`, the schema's
-32,768: a 4-prompt mini-batch of 36,864 tokens packs into 2 micro-batches; 65,536 makes it one),
+BENCH_FUSED=1 (`trainer.fused_head`; off unless set, as in the runs before it became the default), BENCH_TOKENS (`trainer.ppo_max_token_len_per_gpu`; 32,768 unless set,
+the schema's default until 2026-12-07, now 65,536: a 4-prompt mini-batch of 36,864 tokens packs into 2 micro-batches at
+32,768, into one at 65,536),
 BENCH_FUSED_ADAM=1 (an experiment: torch's fused AdamW kernel in place of the trainer's foreach AdamW), BENCH_KEEP=1
 (an experiment: FSDP2's reshard_after_forward off, train_phase.py's keep_gathered), BENCH_UTIL (`rollout.gpu_memory_utilization`, 0.5; one_step_off keeps vLLM's share through the update, so on an
 80 GB card it needs less, e.g. 0.3), BENCH_GEN_REPS (timed generations after the steps, 3). After its steps `ours` also times vLLM's plain

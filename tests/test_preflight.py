@@ -48,11 +48,13 @@ def test_packed_micro_batches_hold_the_token_budget_or_one_sequence():
     H, I, q, kv, L = 1024, 3072, 2048, 1024, 28
     act = (preflight.ACT_ELEMS["H"] * H + preflight.ACT_ELEMS["I"] * I + preflight.ACT_ELEMS["q"] * q
            + preflight.ACT_ELEMS["kv"] * kv) * SHARE  # the defaults compile the decoder layers
-    seed = preflight.estimate(recipe(trainer={"use_dynamic_bsz": True}), QWEN3_06B, 80)  # 34,816 > 32,768
-    assert seed["tokens"]["per_micro_batch"] == 2048 + 32768
+    T = config.TrainerCfg().ppo_max_token_len_per_gpu  # the default budget (65,536)
+    seed = preflight.estimate(recipe(trainer={"use_dynamic_bsz": True}), QWEN3_06B, 80)
+    assert seed["tokens"]["per_micro_batch"] == T > 2048 + 32768
+    one = preflight.estimate(recipe(trainer={"use_dynamic_bsz": True, "ppo_max_token_len_per_gpu": 32768}), QWEN3_06B, 80)
+    assert one["tokens"]["per_micro_batch"] == 2048 + 32768  # 34,816 > 32,768: the sequence alone
     short = recipe(max_response_length=4096, trainer={"use_dynamic_bsz": True}, model={"gradient_checkpointing": 10})
-    est = preflight.estimate(short, QWEN3_06B, 80)
-    T = 32768  # the default budget, above one 6,144-token sequence
+    est = preflight.estimate(short, QWEN3_06B, 80)  # the default budget, above one 6,144-token sequence
     assert est["tokens"]["per_micro_batch"] == T
     b = 2  # bf16 on GPU
     by_hand = (L - 10) * T * act * b + 10 * T * H * b + T * act * b  # 18 layers keep all, 10 only their input
@@ -197,7 +199,7 @@ def test_cli_refuses_full_vocabulary_logits_and_accepts_the_seed_recipe(tmp_path
     r = _cli("params.yaml", "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     est = json.loads(r.stdout)
-    assert est["fits"] and est["tokens"]["per_micro_batch"] == 2048 + 32768  # packed: one sequence > the budget
+    assert est["fits"] and est["tokens"]["per_micro_batch"] == config.TrainerCfg().ppo_max_token_len_per_gpu
     assert est["compiled_layers"] and est["param_bytes"] == 2
     (tmp_path / "cpu.yaml").write_text(yaml.safe_dump({**local, "trainer": {"device": "cpu"}}))
     cpu = json.loads(_cli("cpu.yaml", "--json", cwd=tmp_path).stdout)  # fp32, eager layers

@@ -215,9 +215,9 @@ class TrainerCfg(_Strict):
     use_dynamic_bsz: bool = D(True, "Micro-batches of packed, padding-free sequences up to "
                                     "ppo_max_token_len_per_gpu tokens (grpolab.train.packing) instead of "
                                     "ppo_micro_batch_size_per_gpu padded rows. verl: actor.use_dynamic_bsz")
-    ppo_max_token_len_per_gpu: int = D(32768, "Token budget of one packed micro-batch (prompt + response "
-                                              "tokens) with use_dynamic_bsz; a longer sequence runs alone. "
-                                              "verl: actor.ppo_max_token_len_per_gpu", gt=0)
+    ppo_max_token_len_per_gpu: int = D(65536, "Token budget of one packed micro-batch (prompt + response tokens) "
+                                              "with use_dynamic_bsz; a longer sequence runs alone. Fewer, larger ones "
+                                              "run faster. verl: actor.ppo_max_token_len_per_gpu", gt=0)
     use_torch_compile: bool = D(True, "torch.compile the LM head's log-prob/entropy chunk (fuses its "
                                       "vocabulary-wide elementwise work) on CUDA; CPU runs stay eager. verl: "
                                       "actor.use_torch_compile")
