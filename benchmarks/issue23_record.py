@@ -21,7 +21,8 @@ import json
 from pathlib import Path
 
 STEP_GOAL, GEN_GOAL = 0.40, 0.95
-KEEP_OURS = ("mode", "gpu_memory_utilization", "engine_generate_s_median", "gen_wait_s_median", "kv_cache_dtype", "response_tokens", "steps", "ppo_epochs", "step_s", "step_s_median", "gen_s_median",
+KEEP_OURS = ("mode", "fused_head", "fused_adam", "keep_gathered", "ppo_max_token_len_per_gpu",
+             "gpu_memory_utilization", "engine_generate_s_median", "gen_wait_s_median", "kv_cache_dtype", "response_tokens", "steps", "ppo_epochs", "step_s", "step_s_median", "gen_s_median",
              "update_s_median", "gen_tokens", "gen_s", "gen_tokens_per_s", "bare_n16_same_engine_tokens_per_s",
              "bare_n16_same_engine_s", "gen_ratio_bare_same_engine", "kv_cache_tokens", "logprob_diff_mean_steps",
              "logprob_diff_max_steps", "logprob_diff_mean", "logprob_diff_max", "push_s", "checksum_s", "sleep_s",
@@ -47,6 +48,8 @@ def main() -> None:
                     help="train_phase.py JSONs (one per variant); train_mfu is the best of them, each kept")
     for k in ("ours-2048", "ours-2048-fp8", "trl-2048", "ours-512-osop", "ours-2048-osop", "ours-512-fused", "verl-512"):  # a run that lost its machine records what it has
         ap.add_argument(f"--{k}", default="")
+    ap.add_argument("--alt-512", action="append", default=[], metavar="LABEL=FILE",
+                    help="another of our 512-token runs beside the same TRL step: key trl_step_ratio_vllm_512_LABEL")
     ap.add_argument("--forms", default="", help="benchmarks/gen_forms.py's JSON at 512 tokens")
     ap.add_argument("--gpu", required=True)
     ap.add_argument("--note", action="append", default=[])
@@ -115,6 +118,10 @@ def main() -> None:
                          ("ours_2048", o2k, KEEP_OURS), ("ours_2048_fp8_kv", f2k, KEEP_OURS), ("trl_2048", t2k, KEEP_TRL)):
         if d is not None:
             out[key] = pick(d, keep)
+    for label, path in (x.split("=", 1) for x in a.alt_512):
+        d = load(path)
+        out[f"trl_step_ratio_vllm_512_{label}"] = ratio(d, t512)
+        out[f"ours_512_{label}"] = pick(d, KEEP_OURS)
     Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps({k: out[k] for k in ("trl_step_ratio_vllm_512", "trl_step_ratio_vllm_2048",
                                           "trl_step_ratio_vllm_2048_fp8_kv", "trl_step_ratio_vllm_512_one_step_off",

@@ -182,7 +182,7 @@ def ours(a) -> dict:
     med = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
     later = steps[1:] or steps
     out = {
-        "engine": a.engine, "mode": p.rollout.mode, "fused_head": p.trainer.fused_head, "fused_adam": FUSED_ADAM,
+        "engine": a.engine, "mode": p.rollout.mode, "fused_head": p.trainer.fused_head, "fused_adam": FUSED_ADAM, "keep_gathered": KEEP,
         "ppo_max_token_len_per_gpu": p.trainer.ppo_max_token_len_per_gpu, "gpu_memory_utilization": p.rollout.gpu_memory_utilization, "seed_responses": not a.unseeded, "world_size": world, "rank": t.ctx.rank, "ppo_epochs": a.ppo_epochs,
         "start_s": start_s, "steps": len(steps),
         "step_s_median": med([m["timing_s/step"] for m in later]),
