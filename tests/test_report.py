@@ -4,10 +4,15 @@ push state; and secret hygiene: a run with a (fake) WANDB_API_KEY in its environ
 nowhere."""
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
+import signal
 import sqlite3
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from helpers import BIN, STEPS, md_row, sh
@@ -253,6 +258,16 @@ _marker()
 """
 
 
+def _stop_workers(ws, env, logs) -> None:
+    """`dvc queue stop`, then the end of any worker that outlived it (no process left behind)."""
+    sh(["dvc", "queue", "stop"], ws, env, logs, "stop")
+    for pidfile in (ws / ".dvc" / "tmp" / "exps" / "celery").glob("*.pid"):
+        with contextlib.suppress(ValueError, OSError):  # gone already
+            pid = int(pidfile.read_text())
+            if b"queue-worker" in Path(f"/proc/{pid}/cmdline").read_bytes():  # still that worker, not a reused pid
+                os.kill(pid, signal.SIGTERM)
+
+
 def test_queued_sweep_two_at_once_runs_its_own_code_and_lands_in_the_main_store(shared, tmp_path):
     """`dvc exp run --queue -S ppo_epochs=2,3` then `dvc queue start -j 2`: both experiments run at
     once in DVC's temporary copies, each running the code it was queued with (a change to src/ made
@@ -264,7 +279,7 @@ def test_queued_sweep_two_at_once_runs_its_own_code_and_lands_in_the_main_store(
     logs: dict = {}
     sh(["git", "checkout", "--", "."], ws, env, logs, "reset")  # the baseline's params
     before = {r for (r,) in sqlite3.connect(ws / "mlflow.db").execute("select run_uuid from runs")}
-    init = ws / "src" / "grpolab" / "__init__.py"
+    init = ws / "src" / "grpolab" / "train" / "__init__.py"  # the train room: download and data stay cached
     init.write_text(init.read_text() + MARKER)
     # W&B off and 2 steps: this test is about code and MLflow, and each W&B offline start costs seconds of CPU
     queued_steps = 2
@@ -272,7 +287,12 @@ def test_queued_sweep_two_at_once_runs_its_own_code_and_lands_in_the_main_store(
         "-S", f"trainer.total_training_steps={queued_steps}"], ws, env, logs, "queue")
     sh(["git", "checkout", "--", "src"], ws, env, logs, "unmark")  # the working tree's code: no marker
     assert "_marker" not in init.read_text()
-    sh(["dvc", "queue", "start", "-j", "2"], ws, env, logs, "start")
+    # DVC daemonizes the workers with this command's stdout and stderr: a file, since reading a pipe to its
+    # end would wait for them to exit, and a worker can stay up after its queue is done (seen here: its
+    # monitor's "empty queue" shutdown came while it ran a task, and it never exited)
+    with open(tmp_path / "queue-start.log", "w") as out:
+        subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=ws, env=env, stdout=out, stderr=subprocess.STDOUT,
+                       check=True)
     deadline = time.time() + 600
     while True:
         status = sh(["dvc", "queue", "status"], ws, env, logs, "status").stdout
@@ -280,6 +300,7 @@ def test_queued_sweep_two_at_once_runs_its_own_code_and_lands_in_the_main_store(
             break
         assert time.time() < deadline, f"queue still busy after 600 s:\n{status}"
         time.sleep(10)  # each `dvc queue status` is a second of CPU on a 2-core machine
+    _stop_workers(ws, env, logs)
     assert status.count("Success") == 2, status
     con = sqlite3.connect(ws / "mlflow.db")
     assert con.execute("pragma integrity_check").fetchone()[0] == "ok"
