@@ -122,3 +122,16 @@ def test_postmortem_finds_where_it_went_wrong_and_the_summary_names_outcomes():
     table = postmortem.summary_table(rows, ["entropy_coeff"])
     assert "`entropy_coeff`" in table and "`lr`" not in table
     assert "0.1 (step 10)" in table and "0.05 (step 20)" in table and "0.4 `avg@4` (step 10)" in table
+
+
+def test_the_progress_bar_starts_where_a_resumed_run_does(capsys):
+    """A run that resumes at its last step trains nothing: its bar reads N/N, not 0/None, and the start
+    prints no step line; a trained step still prints one (logs are not a terminal here)."""
+    prog, update = stage._progress()
+    update(20, 20, {})
+    task = prog.tasks[0]
+    assert (task.completed, task.total, task.fields["info"]) == (20, 20, "")
+    assert "step " not in "".join(capsys.readouterr())
+    update(21, 40, {"critic/score/mean": 0.5})
+    assert (prog.tasks[0].completed, prog.tasks[0].total) == (21, 40)
+    assert "step 21/40 score 0.500" in "".join(capsys.readouterr())

@@ -36,8 +36,8 @@ def _progress() -> tuple[Progress, callable]:
                     console=console)
     task = prog.add_task("train", total=None, info="")
 
-    def update(step, total, m):
-        if not console.is_terminal:  # logs (CI, cluster jobs): one plain line per step
+    def update(step, total, m):  # m empty: where the run starts (a resumed or reused step), no line
+        if m and not console.is_terminal:  # logs (CI, cluster jobs): one plain line per step
             console.print(f"step {step}/{total} score {m.get('critic/score/mean', float('nan')):.3f} "
                           f"grad_norm {m.get('actor/grad_norm', float('nan')):.3g} "
                           f"time {m.get('timing_s/step', float('nan')):.1f}s "
@@ -46,7 +46,7 @@ def _progress() -> tuple[Progress, callable]:
         prog.update(task, completed=step, total=total,
                     info=f"score {m.get('critic/score/mean', float('nan')):.3f} "
                          f"entropy {m.get('actor/entropy', float('nan')):.3f} "
-                         f"len {m.get('response_length/mean', float('nan')):.0f}")
+                         f"len {m.get('response_length/mean', float('nan')):.0f}" if m else "")
     return prog, update
 
 
@@ -75,6 +75,7 @@ class RunRecords:
         self.tracker = Tracker(self.p, stage=self.stage, dvclive=self.dvclive, resume=resume)
         if s["step"]:
             self.tracker.replay(trainer.history)  # steps 1..N, to the records that lack them
+        self._update(trainer.step, trainer.total_steps(), {})  # the bar starts where the run does (not 0/None)
         self.entry("running", trainer.step, trainer.total_steps())
         return self.tracker.ids()
 
