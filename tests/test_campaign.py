@@ -72,6 +72,9 @@ def test_fewer_steps_reuse_the_baselines_checkpoint_and_train_nothing(campaign):
     s = campaign["runs"]["short"]["summary"]
     assert s["steps_done"] == 2 and s["steps_trained"] == 0
     assert s["start"]["kind"] == "reused" and s["start"]["step"] == 2
+    # the smoke test runs its own 2 steps whatever the recipe's budget: a new budget does not rerun it
+    assert "Stage 'smoke' didn't change, skipping" in campaign["runs"]["short"]["out"]
+    assert "Running stage 'train'" in campaign["runs"]["short"]["out"]
     assert s["start"]["dvc_exp_name"] == "" and s["start"]["run_name"].endswith("-train")  # the baseline's
     assert [c["step"] for c in s["checkpoints"]] == [2]  # never the baseline's later step 4
     assert sorted(r["step"] for r in campaign["runs"]["short"]["eval"]) == [0, 2]  # evaluated: its own

@@ -12,7 +12,8 @@ import yaml
 from helpers import ROOT, sh
 
 from grpolab.params import stagedefs as pipeline
-from grpolab.params.schema import Params
+from grpolab.params.schema import SMOKE_REPLACES, Params
+from grpolab.util import flatten_params
 
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
@@ -36,8 +37,38 @@ def test_train_reads_every_group_that_shapes_its_result():
                                                                       "smoke", "tracking", "health")}
     labels = {"request", "exp_name", "project_name"}  # change no result: the report stage reads them
     assert scalars - labels <= train, (scalars - labels) - train
-    assert set(pipeline.stage_params("smoke")) == train | {"smoke"}
     assert pipeline.stage_params("report") == ["*"]
+
+
+def test_smoke_reads_the_train_params_less_what_it_replaces():
+    """The smoke stage declares the train stage's params less SMOKE_REPLACES (its own step budget, batch and
+    lengths), so `dvc exp run -S trainer.total_training_steps=N` does not rerun it; and with_smoke() does
+    replace exactly those: whatever they hold, the smoke recipe is the same."""
+    trainer_keys = [f"trainer.{k}" for k in Params.model_fields["trainer"].annotation.model_fields]
+    train = [k for g in pipeline.stage_params("train") for k in (trainer_keys if g == "trainer" else [g])]
+    assert set(pipeline.stage_params("smoke")) == {k for k in train if k not in SMOKE_REPLACES} | {"smoke"}
+    assert set(SMOKE_REPLACES) <= set(train)  # each one a real key the train stage reads
+    shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key in pipeline.stage_params("smoke"):  # DVC refuses to run a stage whose listed key is not in the file
+        node = shipped
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, f"params.yaml lacks {key}, which dvc.yaml lists"
+            node = node[part]
+    p = Params()
+    changed = {}
+    for key in SMOKE_REPLACES:
+        group, _, name = key.rpartition(".")
+        old = getattr(p.trainer if group else p, name)
+        new = (not old) if isinstance(old, bool) else old * 2 if isinstance(old, int) else old + "-other"
+        if group:
+            changed["trainer"] = changed.get("trainer", p.trainer).model_copy(update={name: new})
+        else:
+            changed[name] = new
+    other = p.model_copy(update=changed)
+    assert flatten_params(other.model_dump()) != flatten_params(p.model_dump())
+    assert other.with_smoke().model_dump() == p.with_smoke().model_dump()
+    # ... and a key it keeps does reach the smoke recipe
+    assert p.model_copy(update={"lr": p.lr * 2}).with_smoke().lr == p.lr * 2
 
 
 def test_fingerprint_is_built_from_the_train_stage_params(tmp_path):
@@ -57,7 +88,8 @@ def test_fingerprint_is_built_from_the_train_stage_params(tmp_path):
     assert pipeline.params_fingerprint(p.model_copy(update={"trainer": numerics})) != fp
     # one definition: drop `data` from dvc.yaml's train params and the fingerprint stops seeing it
     d = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    d["stages"]["train"]["params"] = [k for k in d["stages"]["train"]["params"] if k != "data"]
+    listed = d["stages"]["train"]["params"][0]["params.yaml"]
+    d["stages"]["train"]["params"][0]["params.yaml"] = [k for k in listed if k != "data"]
     f = tmp_path / "dvc.yaml"
     f.write_text(yaml.safe_dump(d))
     no_data = p.model_copy(update={"data": p.data.model_copy(update={"shuffle": False})})
