@@ -3,6 +3,7 @@ rate measured in the same process, peak memory, and a torch-profiler breakdown.
 
     python benchmarks/train_phase.py all --out DIR [--shapes 64x512,2048x4096] [--variants a,b]
     python benchmarks/train_phase.py one --variant packed --shape 64x512 --out F.json [--profile F.txt]
+    python benchmarks/train_phase.py mfu RESULT.json ... --out F.json   # MFU with attention, any machine
     torchrun --nproc-per-node 2 benchmarks/train_phase.py one --variant packed ...   # per-GPU numbers
 
 The batch is rollout-shaped and synthetic (random token ids, random +-1 advantages): `64x512` is
@@ -16,7 +17,11 @@ PPO epoch over one mini-batch (so the old-log-prob pass is skipped where the var
 
 MFU = 6 x params x trained tokens / update time / matmul rate (the usual count: forward 2, backward
 4; attention and recomputation not counted). `phase_mfu` counts the reference (and old-log-prob)
-forwards as useful work too: (6 + 2 (+ 2)) x params x tokens over the whole phase. Variants:
+forwards as useful work too: (6 + 2 (+ 2)) x params x tokens over the whole phase. `train_mfu_attn` adds
+causal self-attention's own FLOPs (`attention_flops`: QK^T and AV, forward and backward, over each packed
+sequence's s(s+1)/2 query-key pairs), which the 6 x params count leaves out and which grow with the square
+of the length: 5.3% of the work at 64 + 512, 26.6% at 2048x4096's mixed lengths. `train_phase.py mfu F.json ...`
+recomputes it for results written before it existed (the shapes' lengths are seeded). Variants:
 
     before           padded micro-batches of 4 rows, every layer checkpointed, old-log-prob pass always, eager
     packed           token-budget micro-batches of packed sequences (16,384 tokens), old pass skipped, eager
@@ -86,6 +91,7 @@ SHAPES = {"64x512": (64, 512, 128, "full"), "2048x4096": (2048, 4096, 32, "mixed
 # 0.001 (the entropy's gradient through the LM head); (epochs, mini prompts)
 SCHEDULE = {"step512": (3, 4)}  # other shapes: 1 epoch over one mini-batch of every prompt, entropy a metric
 SHAPES["step512"] = SHAPES["64x512"]
+GPU_SHAPES = dict(SHAPES)  # `mfu` recomputes GPU results on any machine
 CPU_CHECK = not os.environ.get("BENCH_DEVICE", "cuda") == "cuda"  # BENCH_DEVICE=cpu: the tiny model, tiny shapes
 if CPU_CHECK:
     SHAPES = {"64x512": (24, 32, 32, "full"), "2048x4096": (32, 64, 32, "mixed"), "step512": (24, 32, 32, "full")}
@@ -128,25 +134,40 @@ def matmul_tflops(n: int = 8192, iters: int = 20) -> float:
     return 2 * n ** 3 * iters / (start.elapsed_time(end) / 1e3) / 1e12
 
 
-def synthetic_rollout(shape: str, rank: int, world: int, seed: int = 0):
-    """This rank's share of the step's sequences (prompt groups of 16 stay together)."""
+def sequences(shape: tuple, vocab: int, seed: int = 0) -> tuple[list, list, list]:
+    """(prompts, responses, group of each) of a shape (P, R, N, kind): N responses in groups of 16 per
+    prompt; `full` lengths P + R, `mixed` uniform in [P/8, P] + [R/8, R]; random token ids, seeded."""
     import torch
 
-    from grpolab.rollout.engine import Rollout
-
-    P, R, N, kind = SHAPES[shape]
+    P, R, N, kind = shape
     g = torch.Generator().manual_seed(seed)
-    groups = N // 16
     prompts, responses, group = [], [], []
-    for gi in range(groups):
+    for gi in range(N // 16):
         plen = P if kind == "full" else int(torch.randint(P // 8, P + 1, (1,), generator=g))
-        vocab = 100 if CPU_CHECK else 150000
         prompt = torch.randint(10, vocab, (plen,), generator=g).tolist()
         for _ in range(16):
             rlen = R if kind == "full" else int(torch.randint(R // 8, R + 1, (1,), generator=g))
             prompts.append(prompt)
             responses.append(torch.randint(10, vocab, (rlen,), generator=g).tolist())
             group.append(gi)
+    return prompts, responses, group
+
+
+def attention_flops(seq_lens, layers: int, heads: int, head_dim: int) -> float:
+    """Forward + backward FLOPs of causal self-attention's two products (Q K^T, then the weights times V)
+    over packed sequences: per query-key pair 2 x heads x head_dim FLOPs for each product forward, twice
+    that backward (12 x heads x head_dim in all), s(s+1)/2 pairs in a sequence of s tokens, every layer.
+    (verl's flops counter takes all s^2 pairs: twice this.)"""
+    return 12 * heads * head_dim * layers * sum(s * (s + 1) / 2 for s in seq_lens)
+
+
+def synthetic_rollout(shape: str, rank: int, world: int, seed: int = 0):
+    """This rank's share of the step's sequences (prompt groups of 16 stay together)."""
+    import torch
+
+    from grpolab.rollout.engine import Rollout
+
+    prompts, responses, group = sequences(SHAPES[shape], 100 if CPU_CHECK else 150000, seed)
     per = len(prompts) // world
     sl = slice(rank * per, (rank + 1) * per)
     grp = torch.tensor(group[sl])
@@ -277,6 +298,10 @@ def one(a) -> dict:
     old_share = 0.0 if later[0].get("old_log_prob", 0) <= 0.01 else (  # rows of the old pass (issue 14)
         1.0 if mini is None or spec.get("_old_pass") else 1.0 - mini * 16 / world / len(rollout.response_ids))
     useful_phase = (6 * epochs + 2 * ("ref" in later[0]) + 2 * old_share) * n_params * tokens
+    cfg = t.model.config
+    attn = attention_flops([len(p) + len(r) for p, r in zip(rollout.prompt_ids, rollout.response_ids)],
+                           cfg.num_hidden_layers, cfg.num_attention_heads,
+                           getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
     out = {
         "variant": a.variant, "shape": a.shape, "world_size": world, "rank": rank,
         "gpu": torch.cuda.get_device_name() if cuda else "cpu", "matmul_tflops": peak_tflops, "params": n_params,
@@ -286,6 +311,7 @@ def one(a) -> dict:
         "ppo_epochs": epochs, "optimizer_steps": epochs * (len(rollout.response_ids) * world // (16 * mini) if mini else 1),
         "update_tflops": 6 * epochs * n_params * tokens / upd / 1e12,
         "train_mfu": 6 * epochs * n_params * tokens / upd / 1e12 / peak_tflops,
+        "attn_flops_per_epoch": attn, "train_mfu_attn": epochs * (6 * n_params * tokens + attn) / upd / 1e12 / peak_tflops,
         "phase_mfu": useful_phase / phase / 1e12 / peak_tflops,
         "peak_gb": max(s["peak_gb"] for s in steps), "steps": steps,
         "config": {k: v for k, v in VARIANTS[a.variant].items()},
@@ -331,9 +357,37 @@ def run_all(a) -> None:
     (out / "train-phase.json").write_text(json.dumps(results, indent=1) + "\n")
 
 
+def mfu_of(result: dict, cfg: dict) -> dict:
+    """A `one` result's MFU with attention counted (`train_mfu_attn`), from its shape's seeded lengths and
+    the model's config (one rank's share: the result's sequences_per_gpu of the shape's first rows)."""
+    prompts, responses, _ = sequences(GPU_SHAPES[result["shape"]], 150000)
+    lens = [len(p) + len(r) for p, r in zip(prompts, responses)][: result["sequences_per_gpu"]]
+    assert sum(lens) == result["tokens_per_gpu"], (result["shape"], sum(lens), result["tokens_per_gpu"])
+    attn = attention_flops(lens, cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["head_dim"])
+    dense = 6 * result["params"] * result["tokens_per_gpu"]
+    return {"attn_flops_per_epoch": attn, "attn_share": attn / (dense + attn),
+            "train_mfu_attn": result.get("ppo_epochs", SCHEDULE.get(result["shape"], (1,))[0]) * (dense + attn) / result["update_s"] / 1e12 / result["matmul_tflops"]}
+
+
+def mfu(a) -> None:
+    """`mfu F.json ...`: each result's MFU with attention counted, printed and written to --out."""
+    from grpolab.model.load import QWEN3_06B_SHAPE
+
+    rows = []
+    for f in a.files:
+        r = json.loads(Path(f).read_text())
+        rows.append({"file": Path(f).name, "variant": r["variant"], "shape": r["shape"], "gpu": r["gpu"],
+                     "update_s": r["update_s"], "train_mfu": r["train_mfu"], **mfu_of(r, QWEN3_06B_SHAPE)})
+        x = rows[-1]
+        print(f"{x['file']:55s} {x['shape']:10s} update {x['update_s']:.3f} s  MFU {x['train_mfu']:.1%}  "
+              f"with attention {x['train_mfu_attn']:.1%} (attention {x['attn_share']:.1%} of the work)", flush=True)
+    Path(a.out).write_text(json.dumps(rows, indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["one", "all"])
+    ap.add_argument("mode", choices=["one", "all", "mfu"])
+    ap.add_argument("files", nargs="*", help="mfu: result JSONs of `one`")
     ap.add_argument("--variant", default="packed", choices=sorted(VARIANTS))
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--shape", default="64x512", choices=sorted(SHAPES))
@@ -345,7 +399,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=int, default=240)
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    (one if a.mode == "one" else run_all)(a)
+    {"one": one, "all": run_all, "mfu": mfu}[a.mode](a)
 
 
 if __name__ == "__main__":

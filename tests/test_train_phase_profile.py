@@ -1,6 +1,8 @@
 """benchmarks/train_phase.py's profile summary: device time by kernel kind, from rows as the torch profiler
-gives them on an H100 (names from benchmarks/results/2026-12-06c-h100-profile-phase-compiled_16k-step512.txt)."""
+gives them on an H100 (names from benchmarks/results/2026-12-06c-h100-profile-phase-compiled_16k-step512.txt);
+and its MFU with attention counted, recomputed for a result measured on an H200."""
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -28,3 +30,24 @@ def test_flash_kernels_count_as_attention_triton_once_and_annotations_not_at_all
     assert total == pytest.approx(207.2 + 188.3 + 261.4 + 25.0 + 45.5)
     assert kinds == pytest.approx({"matmul": 207.2, "attention": 188.3, "triton": 261.4, "optimizer": 25.0,
                                    "other": 45.5})
+
+
+def test_attention_flops_count_causal_pairs():
+    # one token attends to itself: 1 pair, 12 x heads x head_dim per pair (2 products, forward + backward)
+    assert train_phase.attention_flops([1], layers=1, heads=1, head_dim=1) == 12
+    assert train_phase.attention_flops([3, 1], layers=2, heads=4, head_dim=8) == 12 * 4 * 8 * 2 * (6 + 1)
+    # half of all s^2 pairs (verl's count) for long sequences
+    s = 4096
+    assert train_phase.attention_flops([s], 1, 1, 1) / (12 * s * s) == pytest.approx(0.5, abs=1e-3)
+
+
+def test_mfu_with_attention_of_a_measured_result():
+    f = Path(__file__).parents[1] / "benchmarks/results/2026-12-07b-h200-phase-fused_64k-2048x4096.json"
+    r = json.loads(f.read_text())
+    from grpolab.model.load import QWEN3_06B_SHAPE
+
+    m = train_phase.mfu_of(r, QWEN3_06B_SHAPE)  # regenerates the shape's seeded lengths: same token count
+    assert m["train_mfu_attn"] * (1 - m["attn_share"]) == pytest.approx(r["train_mfu"], rel=1e-9)
+    assert 0.2 < m["attn_share"] < 0.35 and m["train_mfu_attn"] > r["train_mfu"]
+    with pytest.raises(AssertionError):  # lengths that do not add up to the result's tokens are refused
+        train_phase.mfu_of({**r, "tokens_per_gpu": r["tokens_per_gpu"] + 1}, QWEN3_06B_SHAPE)
