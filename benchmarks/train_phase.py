@@ -11,7 +11,8 @@ issue 9's step (8 prompts x 16 responses, 64-token prompts, every response 512 t
 weights give), `step512` the same batch with the full step's schedule (3 PPO epochs over mini-batches of 4
 prompts: 6 optimizer steps, the old-log-prob pass over the second mini-batch, entropy bonus 0.001 as
 benchmarks/vllm_engine.py sets it; MFU counts all 3 epochs), `2048x4096` 32 sequences with prompts of 256-2048 and responses of 512-4096 tokens
-(uniform, seeded: what padding costs). Model: Qwen3-0.6B's shape with random weights, bf16 compute,
+(uniform, seeded: what padding costs), `2048x32768` 16 sequences at the recipe's lengths (prompts 256-2048,
+responses 4,096-32,768; run it with `recipe`). Model: Qwen3-0.6B's shape with random weights, bf16 compute,
 fp32 master weights (FSDP2), AdamW, KL 0.001 against a reference model, entropy as a metric, one
 PPO epoch over one mini-batch (so the old-log-prob pass is skipped where the variant allows it).
 
@@ -39,7 +40,9 @@ recomputes it for results written before it existed (the shapes' lengths are see
     fused_64k_fadam  fused_64k with torch's fused AdamW
     fused_64k_keep   fused_64k with FSDP2's reshard_after_forward off (each micro-batch gathers the bf16
                      weights once, not again in backward; on one GPU the "gather" is a copy and a cast)
-    defaults         the schema's defaults
+    defaults         this script's base: every layer checkpointed, the checkpointed head, 32,768 tokens
+                     (the schema's defaults until 2026-12-06)
+    recipe           the schema's defaults since 2026-12-07: checkpointing, fused head, 65,536 tokens
 """
 from __future__ import annotations
 
@@ -84,8 +87,11 @@ VARIANTS = {
     "compiled_gc": {"model": {"gradient_checkpointing": True}, "trainer": {"ppo_max_token_len_per_gpu": 32768}},
     "compiled_gc14": {"model": {"gradient_checkpointing": 14}, "trainer": {"ppo_max_token_len_per_gpu": 32768}},
     "defaults": {},
+    "recipe": {"model": {"gradient_checkpointing": True},
+               "trainer": {"fused_head": True, "ppo_max_token_len_per_gpu": 65536}},
 }
-SHAPES = {"64x512": (64, 512, 128, "full"), "2048x4096": (2048, 4096, 32, "mixed")}
+SHAPES = {"64x512": (64, 512, 128, "full"), "2048x4096": (2048, 4096, 32, "mixed"),
+          "2048x32768": (2048, 32768, 16, "mixed")}  # the recipe's lengths (issue 23's 40% target): run `recipe`
 # the full step's update (benchmarks/vllm_engine.py, 8 prompts x 16 x 512): 3 PPO epochs over mini-batches of
 # 4 prompts, so 6 optimizer steps and the old-log-prob pass over the second mini-batch, and its entropy bonus
 # 0.001 (the entropy's gradient through the LM head); (epochs, mini prompts)
@@ -94,10 +100,11 @@ SHAPES["step512"] = SHAPES["64x512"]
 GPU_SHAPES = dict(SHAPES)  # `mfu` recomputes GPU results on any machine
 CPU_CHECK = not os.environ.get("BENCH_DEVICE", "cuda") == "cuda"  # BENCH_DEVICE=cpu: the tiny model, tiny shapes
 if CPU_CHECK:
-    SHAPES = {"64x512": (24, 32, 32, "full"), "2048x4096": (32, 64, 32, "mixed"), "step512": (24, 32, 32, "full")}
+    SHAPES = {"64x512": (24, 32, 32, "full"), "2048x4096": (32, 64, 32, "mixed"), "step512": (24, 32, 32, "full"),
+              "2048x32768": (32, 128, 16, "mixed")}
     SCHEDULE = {"step512": (3, 1)}
     VARIANTS = {k: v for k, v in VARIANTS.items() if k in ("before", "packed", "packed_nogc", "compiled_16k", "fused_16k", "fused_64k_fadam",
-                                                      "fused_64k_keep")}
+                                                      "fused_64k_keep", "recipe")}
 MODEL = "builtin:tiny-qwen3" if CPU_CHECK else "builtin:qwen3-0.6b-random"
 
 
