@@ -477,23 +477,19 @@ class Params(_Strict):
         return self.n_gpus_per_node * self.nnodes
 
     def with_smoke(self) -> "Params":
-        """The smoke-test variant: the `smoke:` overrides applied to this recipe. It replaces exactly the
-        keys in SMOKE_REPLACES, so the smoke stage does not read them (dvc.yaml leaves them out of its
-        params: a new step budget or batch size does not rerun the smoke test)."""
-        s = self.smoke
-        data = self.model_dump()
+        """The smoke-test variant: this recipe with the SMOKE_REPLACES keys replaced (by `smoke:` or fixed values),
+        so the smoke stage reads none of them (dvc.yaml leaves them out: a new step budget does not rerun it)."""
+        s, data = self.smoke, self.model_dump()
         data.update({k: getattr(s, k) for k in SMOKE_REPLACES if "." not in k})
-        data["trainer"].update(total_training_steps=s.total_training_steps, output_dir=s.output_dir,
-                               save_freq=0, test_freq=0, save_final=False,
-                               validate_at_end=False)
+        data["trainer"].update(total_training_steps=s.total_training_steps, output_dir=s.output_dir, save_freq=0,
+                               test_freq=0, save_final=False, validate_at_end=False)
         data["monitor"] = []  # 2 small steps: the criteria are the real run's (the stage checks them)
         return Params.model_validate(data)
 
 
-# The recipe keys `Params.with_smoke` replaces with the smoke's own values (`smoke:`) or fixed ones.
-SMOKE_REPLACES = ("train_prompt_bsz", "train_prompt_mini_bsz", "n_resp_per_prompt", "max_prompt_length",
-                  "max_response_length", *(f"trainer.{k}" for k in ("total_training_steps", "output_dir", "save_freq",
-                                                                     "test_freq", "save_final", "validate_at_end")))
+SMOKE_REPLACES = ("train_prompt_bsz", "train_prompt_mini_bsz", "n_resp_per_prompt", "max_prompt_length", "max_response_length",
+                  *(f"trainer.{k}" for k in ("total_training_steps", "output_dir", "save_freq", "test_freq", "save_final",
+                                             "validate_at_end")))
 
 
 def _merged_with_defaults(raw: dict) -> dict:
@@ -510,8 +506,7 @@ def derived(p: Params) -> dict[str, Any]:
         "world_size": ws,
         "prompts_per_gpu": p.train_prompt_bsz / ws,
         "responses_per_gpu": p.train_prompt_bsz * p.n_resp_per_prompt / ws,
-        "max_tokens_per_step": p.train_prompt_bsz * p.n_resp_per_prompt
-        * (p.max_prompt_length + p.max_response_length),
+        "max_tokens_per_step": p.train_prompt_bsz * p.n_resp_per_prompt * (p.max_prompt_length + p.max_response_length),
     }
 
 
