@@ -318,11 +318,11 @@ def one(a) -> dict:
         "ppo_epochs": epochs, "optimizer_steps": epochs * (len(rollout.response_ids) * world // (16 * mini) if mini else 1),
         "update_tflops": 6 * epochs * n_params * tokens / upd / 1e12,
         "train_mfu": 6 * epochs * n_params * tokens / upd / 1e12 / peak_tflops,
-        "attn_flops_per_epoch": attn, "train_mfu_attn": epochs * (6 * n_params * tokens + attn) / upd / 1e12 / peak_tflops,
         "phase_mfu": useful_phase / phase / 1e12 / peak_tflops,
         "peak_gb": max(s["peak_gb"] for s in steps), "steps": steps,
         "config": {k: v for k, v in VARIANTS[a.variant].items()},
     }
+    out.update(with_attention(out, attn))
     if rank == 0:
         print(json.dumps({k: v for k, v in out.items() if k != "steps"}, indent=1), flush=True)
     Path(a.out if world == 1 else f"{a.out}.rank{rank}").write_text(json.dumps(out, indent=1) + "\n")
@@ -371,9 +371,15 @@ def mfu_of(result: dict, cfg: dict) -> dict:
     lens = [len(p) + len(r) for p, r in zip(prompts, responses)][: result["sequences_per_gpu"]]
     assert sum(lens) == result["tokens_per_gpu"], (result["shape"], sum(lens), result["tokens_per_gpu"])
     attn = attention_flops(lens, cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["head_dim"])
+    return with_attention(result, attn)
+
+
+def with_attention(result: dict, attn: float) -> dict:
+    """`train_mfu_attn` of a result whose sequences take `attn` attention FLOPs per epoch (and that share)."""
     dense = 6 * result["params"] * result["tokens_per_gpu"]
+    epochs = result.get("ppo_epochs", SCHEDULE.get(result["shape"], (1,))[0])
     return {"attn_flops_per_epoch": attn, "attn_share": attn / (dense + attn),
-            "train_mfu_attn": result.get("ppo_epochs", SCHEDULE.get(result["shape"], (1,))[0]) * (dense + attn) / result["update_s"] / 1e12 / result["matmul_tflops"]}
+            "train_mfu_attn": epochs * (dense + attn) / result["update_s"] / 1e12 / result["matmul_tflops"]}
 
 
 def mfu(a) -> None:
