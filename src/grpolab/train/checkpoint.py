@@ -200,6 +200,25 @@ def peek_state(root: Path, max_step: int | None = None) -> tuple[Path | None, di
     return None, {}
 
 
+def written_by(root: Path, steps: list[int], mlflow_run_id: str | None) -> list[int]:
+    """The steps among `steps` whose checkpoint in `root` the MLflow run `mlflow_run_id` wrote (a run
+    killed and started again is the same MLflow run)."""
+    out = []
+    for s in steps if mlflow_run_id else []:
+        try:
+            if read_state(root / f"{PREFIX}{s}").get("tracking", {}).get("mlflow_run_id") == mlflow_run_id:
+                out.append(s)
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def belonging(root: Path, reused: list[int], own: list[int]) -> list[dict]:
+    """{step, path, written_by: "this run" | "reused"} of a run's checkpoints in `root` that still exist."""
+    return [{"step": s, "path": str(root / f"{PREFIX}{s}"), "written_by": "this run" if s in own else "reused"}
+            for s in sorted(set(reused) | set(own)) if (root / f"{PREFIX}{s}").exists()]
+
+
 def load(ckpt: Path, model, optimizer, rank: int) -> dict:
     """Collective: restore model, optimizer and this rank's RNG; returns state.json."""
     msd, osd = get_state_dict(model, optimizer)

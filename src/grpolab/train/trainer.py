@@ -291,9 +291,8 @@ class Trainer:
         timing["step"] = clock() - t0
         # 6. metrics (local, then combined over ranks; verl's names and definitions, grpolab.metrics.glossary)
         prompt_lengths = torch.tensor([len(x) for x in rollout.prompt_ids], dtype=torch.float32)
-        metrics.update(glossary.data_metrics(scores, adv, lengths, prompt_lengths,
-                                             batch["response_mask"].cpu(), p.max_prompt_length,
-                                             p.max_response_length))
+        metrics.update(glossary.data_metrics(scores, adv, lengths, prompt_lengths, batch["response_mask"].cpu(),
+                                             p.max_prompt_length, p.max_response_length))
         metrics.update({f"timing_s/{k}": v for k, v in timing.items()})
         metrics.update({
             "actor/lr": self.opt.param_groups[0]["lr"], "training/epoch": epoch, "rollout/staleness": staleness,
@@ -522,25 +521,9 @@ class Trainer:
         self.engine.sync_weights(self.model)  # the engine still holds the initial weights
         return self.step
 
-    def written_by_this_run(self, steps: list[int]) -> list[int]:
-        """The steps among `steps` whose checkpoint this run wrote before a kill (same MLflow run)."""
-        me = self.tracking_ids.get("mlflow_run_id")
-        out = []
-        for s in steps if me else []:
-            try:
-                if checkpoint.read_state(self.checkpoint_dir / f"{checkpoint.PREFIX}{s}").get(
-                        "tracking", {}).get("mlflow_run_id") == me:
-                    out.append(s)
-            except (OSError, ValueError):
-                pass
-        return out
-
     def checkpoints(self) -> list[dict]:
         """The checkpoints that belong to this run (the ones it started from and its own), by step."""
-        return [{"step": s, "path": str(self.checkpoint_dir / f"{checkpoint.PREFIX}{s}"),
-                 "written_by": "this run" if s in self.own else "reused"}
-                for s in sorted(set(self.reused) | set(self.own))
-                if (self.checkpoint_dir / f"{checkpoint.PREFIX}{s}").exists()]
+        return checkpoint.belonging(self.checkpoint_dir, self.reused, self.own)
 
     def check_monitor(self, m: dict, res: TrainResult) -> bool:
         """The `monitor:` abandon-ifs that fire at this step, each reported once (and kept in `res`);
@@ -563,7 +546,7 @@ class Trainer:
         self.try_resume()
         if hooks.start:
             self.tracking_ids = hooks.start(self) or {}
-        self.own = self.written_by_this_run(self.reused)
+        self.own = checkpoint.written_by(self.checkpoint_dir, self.reused, self.tracking_ids.get("mlflow_run_id"))
         res = TrainResult(steps_done=0, resumed_from=self.step)
         out = Path(p.trainer.output_dir)
         try:
