@@ -16,7 +16,9 @@
 #                                                         BENCH_FUSED=1: trainer.fused_head, file suffix -fused;
 #                                                         BENCH_TOKENS=65536: ppo_max_token_len_per_gpu, suffix -t65536;
 #                                                         BENCH_FUSED_ADAM=1: torch's fused AdamW, suffix -fadam;
-#                                                         BENCH_KEEP=1: FSDP2 reshard_after_forward off, suffix -keep)
+#                                                         BENCH_KEEP=1: FSDP2 reshard_after_forward off, suffix -keep;
+#                                                         BENCH_SLEEP=0: rollout.enable_sleep_mode off, suffix -awake;
+#                                                         BENCH_CHECK=0: rollout.check_weights off, suffix -nocheck)
 #   benchmarks/gpu_kv_dtype.sh trl OUT RESP STEPS [LIMIT_S]       TRL 1.16 GRPOTrainer + vLLM colocated
 #                                                         (TRL_MICRO=4: its micro-batch, 16 by default; at 2048 tokens
 #                                                         16 runs out of an H100's 80 GB, 4 fits: file trl-RESP-m4)
@@ -87,7 +89,7 @@ install-lite)  # what `phase` needs, without vLLM (one call, carry .whl and .c6,
   echo "install-lite rc=$?"; tail -n 3 "$out/install-lite.log" ;;
 ours)
   out=$1 resp=$2 kv=$3 steps=$4 limit=${5:-400}; mkdir -p "$out"; cd "$repo"
-  name=ours-$resp-$kv${BENCH_MODE:+-$BENCH_MODE}${BENCH_UTIL:+-u$BENCH_UTIL}$([ "${BENCH_FUSED:-0}" = 1 ] && echo -fused)${BENCH_TOKENS:+-t$BENCH_TOKENS}$([ "${BENCH_FUSED_ADAM:-0}" = 1 ] && echo -fadam)$([ "${BENCH_KEEP:-0}" = 1 ] && echo -keep)
+  name=ours-$resp-$kv${BENCH_MODE:+-$BENCH_MODE}${BENCH_UTIL:+-u$BENCH_UTIL}$([ "${BENCH_FUSED:-0}" = 1 ] && echo -fused)${BENCH_TOKENS:+-t$BENCH_TOKENS}$([ "${BENCH_FUSED_ADAM:-0}" = 1 ] && echo -fadam)$([ "${BENCH_KEEP:-0}" = 1 ] && echo -keep)$([ "${BENCH_SLEEP:-1}" = 0 ] && echo -awake)$([ "${BENCH_CHECK:-1}" = 0 ] && echo -nocheck)
   BENCH_RESP=$resp BENCH_KV=$kv BENCH_GEN_REPS=${BENCH_GEN_REPS:-3} timeout "$limit" python3 benchmarks/vllm_engine.py ours \
     --engine vllm --model $model --steps "$steps" --ppo-epochs 3 --work /tmp/w-$name --out "$out/$name.json" \
     > "$out/$name.log" 2>&1

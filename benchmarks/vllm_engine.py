@@ -20,7 +20,9 @@ the schema's default until 2026-12-07, now 65,536: a 4-prompt mini-batch of 36,8
 32,768, into one at 65,536),
 BENCH_FUSED_ADAM=1 (an experiment: torch's fused AdamW kernel in place of the trainer's foreach AdamW), BENCH_KEEP=1
 (an experiment: FSDP2's reshard_after_forward off, train_phase.py's keep_gathered), BENCH_UTIL (`rollout.gpu_memory_utilization`, 0.5; one_step_off keeps vLLM's share through the update, so on an
-80 GB card it needs less, e.g. 0.3), BENCH_GEN_REPS (timed generations after the steps, 3). After its steps `ours` also times vLLM's plain
+80 GB card it needs less, e.g. 0.3), BENCH_SLEEP=0 (`rollout.enable_sleep_mode` off: vLLM keeps its weights and KV cache
+through the update, no sleep, wake or weight reload; fits where vLLM's share plus the update's peak fit the card),
+BENCH_CHECK=0 (`rollout.check_weights` off: no read-back checksum of each push), BENCH_GEN_REPS (timed generations after the steps, 3). After its steps `ours` also times vLLM's plain
 n=16 request per prompt (engine seed, no log-probs) on the same engine: `bare_n16_same_engine_tokens_per_s`,
 the bare rate without a second engine start. Since 2026-12-05 one untimed round of each comes first
 (`gen_warmup_s`) and the timed rounds alternate ours / plain (before: ours' rounds, then plain's, no
@@ -77,8 +79,9 @@ def params(engine: str, world: int, ppo_epochs: int, work: Path, seeded: bool = 
                                            "gradient_checkpointing": os.environ.get("BENCH_GC", "0") == "1"},
         "data": {"train_files": [str(work / "bench.json")], "val_files": [str(work / "bench.json")]},
         "rollout": {"engine": engine, "hf_prompts_per_call": PROMPTS, "seed_responses": seeded,
-                    "kv_cache_dtype": KV, "mode": MODE,
-                    "gpu_memory_utilization": UTIL},
+                    "kv_cache_dtype": KV, "mode": MODE, "gpu_memory_utilization": UTIL,
+                    "enable_sleep_mode": os.environ.get("BENCH_SLEEP", "1") == "1",
+                    "check_weights": os.environ.get("BENCH_CHECK", "1") == "1"},
         "trainer": {"device": os.environ.get("BENCH_DEVICE", "cuda"), "ppo_micro_batch_size_per_gpu": 4,
                     "use_torch_compile": os.environ.get("BENCH_COMPILE", "1") == "1",
                     "fused_head": os.environ.get("BENCH_FUSED", "0") == "1", "save_freq": 0, "test_freq": 0,
