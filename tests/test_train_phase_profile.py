@@ -51,3 +51,29 @@ def test_mfu_with_attention_of_a_measured_result():
     assert 0.2 < m["attn_share"] < 0.35 and m["train_mfu_attn"] > r["train_mfu"]
     with pytest.raises(AssertionError):  # lengths that do not add up to the result's tokens are refused
         train_phase.mfu_of({**r, "tokens_per_gpu": r["tokens_per_gpu"] + 1}, QWEN3_06B_SHAPE)
+
+
+def _bench(name):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_step_floor_gives_the_update_back_at_our_own_ratio_and_rate():
+    """benchmarks/step_floor.py: at a goal equal to our ratio, with vLLM's plain rate equal to ours, the update
+    may take exactly what it took and needs exactly the MFU it had; a tighter goal asks for more."""
+    step_floor = _bench("step_floor")
+    results = Path(__file__).parents[1] / "benchmarks" / "results"
+    ours = json.loads((results / "2026-12-07b-h200-ours-512-auto-fused-t65536.json").read_text())
+    trl = json.loads((results / "2026-12-07b-h200-trl-512.json").read_text())
+    phase = json.loads((results / "2026-12-07b-h200-phase-fused_64k-step512.json").read_text())
+    same = {**ours, "bare_n16_same_engine_tokens_per_s": ours["gen_tokens"] / ours["engine_generate_s_median"]}
+    f = step_floor.floor(same, trl, phase, goal=ours["step_s_median"] / trl["step_s_median"])
+    assert f["update_allowed_s"] == pytest.approx(ours["phase_s_median"]["update_actor"])
+    assert f["train_mfu_needed"] == pytest.approx(f["train_mfu"])
+    # 128 sequences of 64 + 512 tokens, 3 epochs, 6 x params each, in 2.361 s against the measured peak
+    assert f["train_mfu"] == pytest.approx(18 * phase["params"] * 128 * 576 / 2.361031 / 1e12 / phase["matmul_tflops"],
+                                           rel=1e-4)
+    tight = step_floor.floor(ours, trl, phase, goal=0.40)
+    assert tight["update_allowed_s"] < f["update_allowed_s"] and tight["train_mfu_needed"] > f["train_mfu"]
