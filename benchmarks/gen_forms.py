@@ -16,6 +16,7 @@ vllm_engine.py's rows), random weights. Forms, timed round-robin after one untim
     n1x128             128 n=1 requests, no seeds, no log-probs
     n1x128_lp8         128 n=1 requests, no seeds, log-probs on 8
     engine             `VLLMEngine.generate` itself (whatever form this checkout sends)
+    engine_nolp        the same with rollout.logprobs: none (one seeded request of n per prompt)
 
 The seeded forms use seed base + k for response k (base = `request_seed(prompt seed)`), which is what
 vLLM gives the k-th child of a request with n > 1 and seed base (vllm/v1/engine/parallel_sampling.py).
@@ -42,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 FORMS = ["n16", "n16_seeded", "n16_seeded_lp1", "n16_seeded_lpall", "n1x128_seeded_lp8", "n1x128_seeded",
-         "n1x128", "n1x128_lp8", "engine"]
+         "n1x128", "n1x128_lp8", "engine", "engine_nolp"]
 
 
 def main() -> None:
@@ -77,6 +78,7 @@ def main() -> None:
     start_s = time.perf_counter() - t0
     llm, eos, N, R = eng.llm, eng.eos, bench.N, a.resp
     seeds = [prompt_seed(p.seed, 999, i) for i in range(len(ids))]
+    p_nolp = p.model_copy(update={"rollout": p.rollout.model_copy(update={"logprobs": "none"})})
     base = [request_seed(s) for s in seeds]
 
     def sp(n=1, seed=None, lp=False):
@@ -102,7 +104,8 @@ def main() -> None:
     def run(form):
         sync()
         g0 = time.perf_counter()
-        if form == "engine":
+        if form.startswith("engine"):
+            eng.p = p_nolp if form == "engine_nolp" else p
             r = eng.generate(ids, Sampling(N, p.temperature, p.top_p, R), seeds=seeds)
             sync()
             return time.perf_counter() - g0, r.response_ids
@@ -146,7 +149,8 @@ def main() -> None:
         "flashinfer_sampler": os.environ.get("VLLM_USE_FLASHINFER_SAMPLER"),
         "tokens_per_s": tps, "ratio_to_n16": {f: v / bare for f, v in tps.items()} if bare else None,
         "seconds": {f: [s for _, s in timed[f]] for f in forms}, "tokens": {f: timed[f][0][0] for f in forms if timed[f]},
-        "same_as_own_first_round": {f: v for f, v in same_self.items() if "seeded" in f or f == "engine"},
+        "same_as_own_first_round": {f: v for f, v in same_self.items() if "seeded" in f or f.startswith("engine")},
+        "agree_engine_nolp_vs_engine": agree("engine_nolp", "engine"),
         "agree_n16_seeded_vs_n1x128_seeded": agree("n16_seeded", "n1x128_seeded"),
         "agree_engine_vs_n1x128_seeded_lp8": agree("engine", "n1x128_seeded_lp8"),
         "agree_n16_seeded_lp1_vs_n1x128_seeded": agree("n16_seeded_lp1", "n1x128_seeded"),

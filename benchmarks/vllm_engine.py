@@ -263,7 +263,7 @@ def bare(a) -> dict:
     tps_plain, toks = timed([{"prompt_token_ids": x} for x in ids], plain)
     plan = request_plan(ids, N, [prompt_seed(0, 999, i) for i in range(len(ids))])
     s = Sampling(N, 1.0, 1.0, RESP)
-    groups = request_groups(plan, N, every=False)  # as the engine sends them (rollout.logprobs: sample)
+    groups = request_groups(plan, N, "sample")  # as the engine sends them (rollout.logprobs: sample)
     # until 2026-12-05 every request asked log-probs, so "with our requests" measured log-probs for all
     # 128 responses, not the seeds; until a later commit that day, one request per response
     reqs = [{"prompt_token_ids": ids[plan[r][0]]} for r, _, _ in groups]

@@ -101,14 +101,16 @@ def test_request_groups_sample_the_seeds_of_one_request_per_response():
     seeds = [7, 2**63 - 1, 0]
     for n in (1, 2, 16):
         plan = request_plan(prompts, n, seeds)
-        for every in (False, True):
-            groups = request_groups(plan, n, every)
+        for asked in ("sample", "all", "none"):
+            groups = request_groups(plan, n, asked)
             rows = [(r + j, plan[r][1] + j, lp) for r, m, lp in groups for j in range(m)]
             assert [r for r, _, _ in rows] == list(range(len(plan)))  # every row once, in order
             assert [s for _, s, _ in rows] == [s for _, s in plan]
             assert all(plan[r][0] == plan[r + j][0] for r, m, _ in groups for j in range(m))  # one prompt each
-            assert [lp for *_, lp in rows] == [every or r % n == 0 for r in range(len(plan))]
-            assert len(groups) == len(prompts) * (1 if every or n == 1 else 2)
+            want = {"all": [True] * len(plan), "none": [False] * len(plan),
+                    "sample": [r % n == 0 for r in range(len(plan))]}[asked]
+            assert [lp for *_, lp in rows] == want
+            assert len(groups) == len(prompts) * (2 if asked == "sample" and n > 1 else 1)
     assert all(0 <= request_seed(s) + 15 < 2**63 for s in seeds)
     assert len({request_seed(s) for s in range(1000)}) == 1000
 
@@ -125,8 +127,10 @@ def test_completions_become_a_group_contiguous_rollout():
     assert torch.equal(lp, torch.tensor([[-0.1, -0.2, 0], [-0.3, 0, 0], [-1, -1, -1], [-0.5, 0, 0]]))
     assert rows.all()
     # log-probs asked for the first response of each prompt only (rollout.logprobs: sample)
-    assert [lp for _, m, lp in request_groups(plan, 2, every=False) for _ in range(m)] == [True, False, True, False]
-    assert [lp for _, m, lp in request_groups(plan, 2, every=True) for _ in range(m)] == [True] * 4
+    assert [lp for _, m, lp in request_groups(plan, 2, "sample") for _ in range(m)] == [True, False, True, False]
+    assert [lp for _, m, lp in request_groups(plan, 2, "all") for _ in range(m)] == [True] * 4
+    assert padded_logprobs(to_rollout(prompts, plan, [Completion(c.token_ids, None, False) for c in comps]),
+                           3, "cpu") is None  # rollout.logprobs: none, no monitor rows
     assert sampling_kwargs(Sampling(2, 1.0, 1.0, 4), 1, None, logprobs=False)["logprobs"] is None
     sampled = to_rollout(prompts, plan, [Completion(c.token_ids, c.logprobs if i % 2 == 0 else None,
                                                     c.finished_by_length) for i, c in enumerate(comps)])
@@ -174,6 +178,10 @@ def test_tis_weights_are_truncated_ratios_that_scale_only_the_policy_gradient_te
 def test_tis_needs_an_engine_with_logprobs():
     with pytest.raises(config.ParamsError, match="tis_imp_ratio_cap: 2.0 — needs an engine"):
         config.validate({**DEMO_OVERRIDES, "tis_imp_ratio_cap": 2.0})
+    with pytest.raises(config.ParamsError, match="tis_imp_ratio_cap: 2.0 — needs the engine's log-probs of every "
+                                                 "response; rollout.logprobs: none"):
+        config.validate({"rollout": {"engine": "vllm", "logprobs": "none"}, "tis_imp_ratio_cap": 2.0})
+    assert config.validate({"rollout": {"engine": "vllm", "logprobs": "none"}}).rollout.logprobs == "none"
 
 
 def test_vllm_checks_and_memory_are_the_engines_own():

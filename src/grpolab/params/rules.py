@@ -35,6 +35,9 @@ def batch_rule_errors(d: dict) -> list[str]:
     rule(lambda: d.get("tis_imp_ratio_cap") is not None and d["rollout"]["engine"] == "hf" and (
         f"tis_imp_ratio_cap: {d['tis_imp_ratio_cap']} — needs an engine that reports its sampling "
         f"log-probs (rollout.engine: vllm); the hf engine samples with the trainer's own weights"))
+    rule(lambda: d.get("tis_imp_ratio_cap") is not None and d["rollout"]["logprobs"] == "none" and (
+        f"tis_imp_ratio_cap: {d['tis_imp_ratio_cap']} — needs the engine's log-probs of every response; "
+        f"rollout.logprobs: none asks for none (use sample or all: with the cap, every response's are asked)"))
     rule(lambda: d["high_entropy_kl_loss_scale_coef"] > 0 and not (
         d["kl_loss_coef"] > 0 and d["entropy_quantile"] is not None) and (
         f"high_entropy_kl_loss_scale_coef: {d['high_entropy_kl_loss_scale_coef']} — needs "

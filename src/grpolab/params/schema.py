@@ -166,10 +166,9 @@ class RolloutCfg(_Strict):
     seed_responses: bool = D(True, "One seed per response (from seed, step, prompt index): rollouts "
                                    "independent of world size and batching, at vLLM's plain rate; false "
                                    "lets vLLM sample from its engine seed (not world-size independent)")
-    logprobs: Literal["sample", "all"] = D("sample", "vLLM: responses whose sampling log-probs are returned "
-                                                     "for rollout/logprob_diff_*: sample = the first of each "
-                                                     "prompt (cheaper), all = every response (always so with "
-                                                     "tis_imp_ratio_cap)")
+    logprobs: Literal["sample", "all", "none"] = D("sample", "vLLM: responses whose sampling log-probs are returned "
+        "for rollout/logprob_diff_*: sample = the first of each prompt (cheaper), all = every response (always so "
+        "with tis_imp_ratio_cap), none = no monitor, one request of n per prompt (fastest)")
     hf_prompts_per_call: int = D(1, "hf engine: prompts per generate call. Each response is sampled from "
                                     "its own seed (from seed, step, prompt index), so rollouts depend neither "
                                     "on this nor on the world size", gt=0)

@@ -32,8 +32,10 @@ the gap between the log-probs vLLM sampled with and its own.
 Log-probs come back with `logprobs_mode="processed_logprobs"`: after temperature (and top-p), which is
 what the trainer recomputes. They are asked for the first response of each prompt (`rollout.logprobs:
 sample`; vLLM builds a Python object per returned token, which cost up to ~30% of its generation rate on
-H100 when asked for every response), or for every response (`all`, and always with tis_imp_ratio_cap). The checksum check covers tensor_parallel_size 1; with larger TP only
-the log-prob gap guards the push.
+H100 when asked for every response), or for every response (`all`, and always with tis_imp_ratio_cap),
+or for none (`none`: one seeded request of n per prompt, the form that ran at 1.02x vLLM's plain n=16
+rate on an H100 where `sample`'s ran at 0.96x, 2026-12-07d; no rollout/logprob_diff_* then). The
+checksum check covers tensor_parallel_size 1; with larger TP (or `none`) only the log-prob gap (or nothing) guards the push.
 
 `rollout.kv_cache_dtype` is handed to vLLM as is: `auto` keeps keys and values in the served dtype
 (bf16), `fp8` / `fp8_e4m3` / `fp8_e5m2` store them in one byte (scales 1.0: the checkpoint has none).
@@ -158,16 +160,17 @@ class Completion:
     finished_by_length: bool
 
 
-def request_groups(plan: list[tuple[int, int | None]], n: int, every: bool) -> list[tuple[int, int, bool]]:
+def request_groups(plan: list[tuple[int, int | None]], n: int, asked: str) -> list[tuple[int, int, bool]]:
     """The requests that sample a seeded plan (prompt-major, n rows per prompt): (first row, n of the
     request, log-probs asked). vLLM gives child k of a request seeded s the seed s + k (`request_seed`),
     so a prompt's responses are those of one seeded request per response.
-    Log-probs for every response (`every`): one request of n per prompt; else the first response of
-    each prompt asks them (the monitor's sample, rollout/logprob_diff_*: vLLM builds a Python object
-    per returned token) in a request of its own, and the other n - 1 go in one request without."""
+    `asked` is rollout.logprobs: `all` and `none`, one request of n per prompt, with log-probs or
+    without; `sample`, the first response of each prompt asks them (the monitor's sample,
+    rollout/logprob_diff_*: vLLM builds a Python object per returned token) in a request of its own,
+    and the other n - 1 go in one request without."""
     out = []
     for r in range(0, len(plan), n):
-        out += [(r, n, True)] if every or n == 1 else [(r, 1, True), (r + 1, n - 1, False)]
+        out += [(r, n, asked != "none")] if asked != "sample" or n == 1 else [(r, 1, True), (r + 1, n - 1, False)]
     return out
 
 
@@ -289,12 +292,12 @@ class VLLMEngine:
         if not self.p.rollout.seed_responses:
             seeds = None
         plan = request_plan(prompt_ids, sampling.n, seeds)
+        asked = "all" if self.p.tis_imp_ratio_cap else self.p.rollout.logprobs  # none with it: a params rule
         if seeds is None:  # one request of n per prompt, sampled from the engine's generator (faster)
             prompts = [{"prompt_token_ids": ids} for ids in prompt_ids]
-            params = SamplingParams(**{**sampling_kwargs(sampling, None, self.eos), "n": sampling.n})
+            params = SamplingParams(**{**sampling_kwargs(sampling, None, self.eos, asked != "none"), "n": sampling.n})
         else:  # per prompt, seeded requests whose children get seeds request_seed(prompt) + k
-            reqs = request_groups(plan, sampling.n,
-                                  self.p.rollout.logprobs == "all" or bool(self.p.tis_imp_ratio_cap))
+            reqs = request_groups(plan, sampling.n, asked)
             prompts = [{"prompt_token_ids": prompt_ids[plan[r][0]]} for r, _, _ in reqs]
             params = [SamplingParams(**{**sampling_kwargs(sampling, plan[r][1], self.eos, lp), "n": m})
                       for r, m, lp in reqs]
