@@ -3,7 +3,7 @@
 
 One Trainer with the vLLM engine on random weights in the Qwen3-0.6B shape: every weight push passes
 its checksum read-back, vLLM's sampling log-probs match the trainer's, a corrupted engine tensor is
-caught by name, sleep mode releases memory, and a response depends only on its seed."""
+caught by name, sleep mode releases memory, and a response depends only on its seed (log-probs asked or not)."""
 import importlib.util
 import json
 
@@ -78,6 +78,13 @@ def test_sleep_releases_memory_and_seeds_fix_responses(trainer):
     other = eng.generate(ids[:1], s, seeds=[70])
     assert together.response_ids[:2] == alone.response_ids  # same seed, other batch: same tokens
     assert other.response_ids != alone.response_ids
+    trainer.engine.p = trainer.p.model_copy(update={"rollout": trainer.p.rollout.model_copy(update={"logprobs": "none"})})
+    try:  # rollout.logprobs none: one request of n per prompt, the same seeds, so the same responses
+        bare = eng.generate(ids, s, seeds=[7, 8, 9])
+    finally:
+        trainer.engine.p = trainer.p
+    assert bare.response_ids == together.response_ids and all(lp is None for lp in bare.logprobs)
+    assert [lp is not None for lp in together.logprobs] == [True, False] * 3  # sample: each prompt's first
     torch.cuda.synchronize()
     before = torch.cuda.mem_get_info()[0]
     eng.sleep()
