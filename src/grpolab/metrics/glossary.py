@@ -57,7 +57,8 @@ GLOSSARY: dict[str, str] = {
     "actor/grad_norm": "gradient norm before clipping, mean over the step's optimizer updates",
     "actor/grad_norm_max": "largest gradient norm of the step's optimizer updates",
     "actor/lr": "learning rate after warmup scheduling",
-    # rollout engine against the trainer (vllm engine; the hf engine samples with the trainer's weights)
+    # rollout engine against the trainer (vllm engine, unless rollout.logprobs: none; the hf engine samples
+    # with the trainer's weights)
     "rollout/logprob_diff_mean": "mean |trainer - vLLM| log-prob of the sampled response tokens: ~0.01 is "
                                  "bf16 noise, order 1 means vLLM sampled from other (stale) weights",
     "rollout/logprob_diff_max": "largest |trainer - vLLM| log-prob over the step's response tokens",
