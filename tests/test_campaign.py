@@ -56,7 +56,23 @@ def campaign(tmp_path_factory):
                       "eval": json.loads((ws / "results/eval/steps.json").read_text())}
         if name == "short":
             state["after_short"] = _files(ckpts)
+    # a bad value: refused before any work, and the last smoke results (DVC deletes a stage's outputs
+    # before it runs, unless they persist) are still there, byte for byte
+    sh(["git", "checkout", "--", "params.yaml"], ws, env, logs, "reset-bad")
+    smoke = {f.name: f.read_bytes() for f in (ws / "results" / "smoke").glob("*.json")}
+    bad = sh(["dvc", "exp", "run", "-S", "rollout.logprobs=bogus"], ws, env, logs, "bad", check=False)
+    state["bad"] = {"rc": bad.returncode, "out": bad.stdout + bad.stderr, "smoke_before": smoke,
+                    "smoke_after": {f.name: f.read_bytes() for f in (ws / "results" / "smoke").glob("*.json")}}
+    sh(["git", "checkout", "--", "params.yaml"], ws, env, logs, "reset-after-bad")
     return {"ws": ws, "env": env, "logs": logs, "runs": runs, **state}
+
+
+def test_a_bad_value_is_refused_before_any_work_and_deletes_nothing(campaign):
+    bad = campaign["bad"]
+    assert bad["rc"] != 0
+    assert "rollout.logprobs: 'bogus'" in bad["out"] and "Running stage 'train'" not in bad["out"], bad["out"][-2000:]
+    assert set(bad["smoke_before"]) == {"checks.json", "summary.json"}
+    assert bad["smoke_after"] == bad["smoke_before"]
 
 
 def _notes(ws: Path) -> dict[str, str]:

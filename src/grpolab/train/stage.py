@@ -263,7 +263,8 @@ def smoke(p: Params) -> None:
                   f"x {sp.n_resp_per_prompt}, response <= {sp.max_response_length} tokens, "
                   f"{sp.world_size} rank(s)")
     shutil.rmtree(checkpoint.run_home(sp), ignore_errors=True)
-    (Path(sp.trainer.output_dir) / "summary.json").unlink(missing_ok=True)
+    for name in ("summary.json", "checks.json"):  # DVC keeps them (persist) until the checks above pass
+        (Path(sp.trainer.output_dir) / name).unlink(missing_ok=True)
     launch.run(sp, smoke_body)
     checks = json.loads((Path(sp.trainer.output_dir) / "summary.json").read_text())["checks"]
     failed = [f"{k}: {_shown(c['value'])} (rule {c['rule']})" + (f"\n    {c['note']}" if c.get("note") else "")
