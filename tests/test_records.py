@@ -30,9 +30,9 @@ def _params(**over) -> config.Params:
     return config.validate({"n_gpus_per_node": 1, "tracking": {"wandb": False}, **over})
 
 
-def _child(root: Path) -> tuple[subprocess.Popen, str]:
+def _child(root: Path, env: dict | None = None) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(root)], stdout=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, env={**os.environ, **(env or {})})
     return proc, proc.stdout.readline().strip()
 
 
@@ -55,6 +55,41 @@ def test_killed_run_is_marked_killed_at_the_next_start(tmp_path, capfd):
     finally:
         os.kill(live.pid, signal.SIGKILL)
         live.wait()
+
+
+def test_a_killed_run_resumed_under_another_experiment_name_becomes_that_experiments(tmp_path, monkeypatch):
+    """`dvc exp run` after a kill names the experiment anew unless `-n` repeats the name: the continued run
+    holds the results of the new experiment, so its `dvc.*` tags are the new pipeline's; the first name stays."""
+    dead, dead_id = _child(tmp_path, {"DVC_EXP_NAME": "first-try", "DVC_EXP_BASELINE_REV": "a" * 40})
+    os.kill(dead.pid, signal.SIGKILL)
+    dead.wait()
+    monkeypatch.setenv("DVC_EXP_NAME", "second-try")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "b" * 40)
+    tr = Tracker(_params(), stage="train", root=tmp_path, dvclive=False,
+                 resume={"mlflow_run_id": dead_id, "started": "2026-01-01"})
+    tr.log({"critic/score/mean": 0.4}, 4)
+    tr.close(ok=True)
+    assert tr.ids()["mlflow_run_id"] == dead_id  # continued, not a new run
+    con = sqlite3.connect(tmp_path / "mlflow.db")
+    tags = dict(con.execute("select key, value from tags where run_uuid=?", (dead_id,)))
+    assert tags["dvc.exp_name"] == "second-try" and tags["dvc.exp_baseline_rev"] == "b" * 40
+    assert tags["grpolab.started_as_exp"] == "first-try"
+    steps = [s for (s,) in con.execute("select step from metrics where run_uuid=? and key='critic/score/mean' "
+                                       "order by step", (dead_id,))]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_continued_tags_follow_the_pipeline_that_finishes_the_run():
+    from grpolab.records.mlflow_runs import continued_tags
+
+    old = {"dvc.exp_name": "a", "dvc.exp_commit": "c1", "git.commit": "x", "grpolab.stage": "train"}
+    ours, drop = continued_tags(old, {"dvc.exp_name": "b", "git.commit": "y", "grpolab.stage": "train"})
+    assert ours == {"dvc.exp_name": "b", "git.commit": "y", "grpolab.started_as_exp": "a"}
+    assert drop == ["dvc.exp_commit"]  # the first name's experiment commit is not this one's
+    ours, drop = continued_tags({**old, "grpolab.started_as_exp": "z"}, {"dvc.exp_name": "a", "git.commit": "x"})
+    assert ours["grpolab.started_as_exp"] == "z" and drop == ["dvc.exp_commit"]  # resumed twice: the first name
+    ours, _ = continued_tags({"dvc.exp_name": "a"}, {"dvc.exp_name": "a"})
+    assert "grpolab.started_as_exp" not in ours  # same name (`-n` repeated): nothing to keep
 
 
 def test_finished_run_is_never_reopened(tmp_path, capfd):

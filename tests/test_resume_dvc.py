@@ -58,7 +58,8 @@ def test_dvc_exp_run_resumes_a_killed_experiment(tmp_path_factory, tmp_path):
     killed = con.execute("select run_uuid, status from runs r join tags t using (run_uuid) where "
                          "t.key='dvc.exp_name' and t.value='killed' and r.name like '%-train'").fetchall()
     assert [s for _, s in killed] == ["RUNNING"], killed  # what a kill leaves behind
-    r = _sh(["dvc", "exp", "run", "-n", "killed", *EXP], ws, env, logs, "rerun")
+    # the command again under a new name, as `dvc exp run` without `-n` does (DVC names each run anew)
+    r = _sh(["dvc", "exp", "run", "-n", "resumed", *EXP], ws, env, logs, "rerun")
     out = r.stdout + r.stderr
     assert "resuming from step" in out and "other params" not in out, out[-3000:]
     assert f"marked KILLED at step" in out
@@ -72,6 +73,17 @@ def test_dvc_exp_run_resumes_a_killed_experiment(tmp_path_factory, tmp_path):
                                        "order by step", (run,))]
     assert steps == list(range(1, STEPS + 1))
     assert _dvclive_steps(ws) == list(range(1, STEPS + 1))
+    # the run is the new experiment's now (its results and report), the first name kept; its evaluation is
+    # found by the run it scored, so the diary lists it as evaluated, under the new name
+    tags = dict(con.execute("select key, value from tags where run_uuid=?", (run,)))
+    assert tags["dvc.exp_name"] == "resumed" and tags["grpolab.started_as_exp"] == "killed", tags
+    scored = [v for (v,) in con.execute("select t.value from tags t join tags s using (run_uuid) where "
+                                        "t.key='grpolab.train_run' and s.key='grpolab.stage' and s.value='evaluate'")]
+    assert run in scored, scored
+    diary = _sh(["grpolab", "diary"], ws, env, logs, "diary").stdout
+    line = next(e for e in diary.splitlines() if e.startswith("- ") and run[:8] in e)
+    assert "`resumed` (started as `killed`, interrupted and resumed)" in line and "done, 6/6 steps" in line, line
+    assert "best held-out" in line and "not evaluated" not in line, line
     # retention (max_ckpt_to_keep 3) kept this run's newest, and never touched the baseline's
     assert sorted(d.name for d in own.iterdir() if d.is_dir()) == [f"global_step_{s}" for s in (4, 5, 6)]
     assert any((d / "global_step_4").exists() for d in ckpts.iterdir() if d != own)

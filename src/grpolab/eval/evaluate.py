@@ -63,6 +63,13 @@ def run_checkpoints(p: Params) -> list[Path]:
     return [Path(c["path"]) for c in sorted(listed, key=lambda c: -c["step"])]
 
 
+def train_run(p: Params) -> str:
+    """The MLflow run of the training whose results are here (its summary's record), '' if none."""
+    summary = Path(p.trainer.output_dir) / "summary.json"
+    return ((json.loads(summary.read_text()).get("tracking") or {}).get("mlflow_run_id") or "") \
+        if summary.exists() else ""
+
+
 def _final_step(final: Path) -> int | None:
     f = final / "trainer_state.json"
     return int(json.loads(f.read_text())["step"]) if f.exists() else None
@@ -170,6 +177,9 @@ def evaluate(p: Params, console) -> dict:
     verifier = RewardScorer(num_workers=min(4, os.cpu_count() or 1), timeout_s=p.reward.timeout_s)
     same = evaluation.math_equivalence(verifier)
     tracker = Tracker(p, stage="evaluate", dvclive=False)
+    scored = train_run(p)
+    if scored:  # the train run these checkpoints are from (the diary's match, grpolab.reports.evalreport)
+        tracker.tag({"grpolab.train_run": scored})
     steps: dict[int, dict] = {}
     ok = False
     # one engine for every target, started on the base model: each checkpoint's weights are pushed into

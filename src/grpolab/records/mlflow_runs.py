@@ -11,7 +11,10 @@ becomes of runs whose process died.
   finished run, a changed non-fingerprint param such as `trainer.total_training_steps`) a new run
   starts, linked to the old one by the tags `mlflow.parentRunId` (MLflow's UI nests it) and
   `grpolab.resumed_from_run`; a finished run is never reopened. The caller replays the checkpoint's
-  history into the new run, so each run holds every step 1..N once.
+  history into the new run, so each run holds every step 1..N once. A continued run takes the `git.*`
+  and `dvc.*` tags of the pipeline that finishes it (a kill, then `dvc exp run` again, gets a new
+  experiment name unless `-n` repeats it: the results and report are that experiment's); the name it
+  was started under stays in `grpolab.started_as_exp` (`continued_tags`).
 - One parent run per pipeline run (`dvc repro`, `dvc exp run`, a queued experiment): named as DVC names
   the experiment (`dvc.exp_name`, else `exp_name` for a workspace `dvc repro`), tagged
   `grpolab.pipeline` with the `dvc` process that runs the stages (`grpolab.params.guard.dvc_process`)
@@ -93,6 +96,19 @@ def pipeline_parent(client, experiment_id: str, owner: str, name: str, tags: dic
         **keep, "grpolab.pipeline": owner, "grpolab.stage": "pipeline", "grpolab.host": socket.gethostname(),
         "grpolab.pid": pid, "grpolab.pid_start": start})
     return run.info.run_id
+
+
+def continued_tags(old: dict[str, str], new: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Tags to set and tag keys to delete when a run started with tags `old` is continued by a process
+    with tags `new`: `git.*` and `dvc.*` become the continuing pipeline's (stale `dvc.*` ones, such as an
+    experiment commit or name the new pipeline lacks, go), and a changed experiment name is kept in
+    `grpolab.started_as_exp`."""
+    ours = {k: v for k, v in new.items() if k.startswith(("git.", "dvc."))}
+    drop = [k for k in old if k.startswith(("git.", "dvc.")) and k not in ours]
+    first = old.get("grpolab.started_as_exp") or old.get("dvc.exp_name", "")
+    if first and first != ours.get("dvc.exp_name", ""):
+        ours["grpolab.started_as_exp"] = first
+    return ours, drop
 
 
 def mlflow_key(k: str) -> str:

@@ -48,7 +48,11 @@ class MlflowBackend:
         why = mlflow_runs.why_not_continue(client, run_id, params) if run_id else "fresh"
         if why is None:  # continue it: only the steps it lacks are logged
             self.mlflow_run = mlflow.start_run(run_id=run_id)
-            mlflow.set_tags({**mlflow_runs.process_tags(), **({"mlflow.parentRunId": self.parent} if self.parent else {})})
+            ours, drop = mlflow_runs.continued_tags(client.get_run(run_id).data.tags, run.tags)
+            for k in drop:
+                client.delete_tag(run_id, k)
+            mlflow.set_tags({**ours, **mlflow_runs.process_tags(),
+                             **({"mlflow.parentRunId": self.parent} if self.parent else {})})
             self.done = mlflow_runs.last_step(client, run_id)
             have = client.get_run(run_id).data.params
             params = {k: v for k, v in params.items() if k not in have}

@@ -73,6 +73,7 @@ def progress_rows(p: Params, reports_dir: Path) -> list[dict]:
             "continued_by": [c.info.run_id for c in runs if c.data.tags.get("grpolab.resumed_from_run") == r.info.run_id],
             "started": dt.datetime.fromtimestamp(r.info.start_time / 1000).isoformat(timespec="minutes"),
             "exp": tags.get("dvc.exp_name") or "(workspace)", "exp_name": tags.get("grpolab.exp_name", ""),
+            "started_as": tags.get("grpolab.started_as_exp", ""),  # resumed under another experiment name
             "commit": run_commit(client, r, root)[:7], "steps": hist[-1][0] if hist else 0,
             "best": max(hist, key=lambda x: x[1]) if hist else None, "final": hist[-1][1] if hist else None,
             "val": {k: v for k, v in r.data.metrics.items() if k.startswith(health.VAL_PREFIX)},
@@ -93,7 +94,7 @@ def progress_rows(p: Params, reports_dir: Path) -> list[dict]:
                      "report": reports.get(r.info.run_id) or reports.get(key, ""),
                      "started": dt.datetime.fromtimestamp(r.info.start_time / 1000).isoformat(timespec="minutes"),
                      "exp": tags.get("dvc.exp_name") or "(workspace)", "exp_name": tags.get("grpolab.exp_name", ""),
-                     "commit": run_commit(client, r, root)[:7], "reuses": train["run"]})
+                     "started_as": "", "commit": run_commit(client, r, root)[:7], "reuses": train["run"]})
     rows.sort(key=lambda r: r["started"], reverse=True)
     return rows
 
@@ -139,7 +140,8 @@ def write_index(p: Params, reports_dir: Path, rows: list[dict], out: Path, link:
     for r in rows:
         best = f"best held-out `{metric}` {num(r['eval_best'][1])} (step {r['eval_best'][0]})" if r["eval_best"] else \
             "not evaluated"
-        what = f"{r['started']} {r['exp_name']}" + (f" `{r['exp']}`" if r["exp"] != "(workspace)" else "")
+        what = f"{r['started']} {r['exp_name']}" + (f" `{r['exp']}`" if r["exp"] != "(workspace)" else "") + \
+            (f" (started as `{r['started_as']}`, interrupted and resumed)" if r.get("started_as") else "")
         f = here.get(r["run"]) or here.get(r.get("key"))
         if f:
             where = f"[{f.name}]({link}{f.name})"

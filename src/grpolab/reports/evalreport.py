@@ -75,13 +75,18 @@ def eval_section(p: Params, steps: dict[int, dict]) -> list[str]:
 
 
 def eval_best(client, p: Params, train_run, evals: list) -> tuple[int, float] | None:
-    """Best step of the evaluate run that followed `train_run` (same experiment and commit): the
-    highest mean over data sources of val.select_metric, from the MLflow metric histories."""
+    """Best step of the evaluate run that scored `train_run`'s checkpoints: the first one tagged
+    `grpolab.train_run` with its id (grpolab.eval.evaluate), whichever experiment name the pipeline that
+    finished it had; for evaluate runs recorded before that tag, the first one after it with the same
+    experiment name and commit. The highest mean over data sources of val.select_metric, from the MLflow
+    metric histories."""
     if train_run.info.status != "FINISHED":  # killed or failed: its pipeline evaluated nothing of it
         return None
-    t = train_run.data.tags
-    same = [e for e in evals if e.data.tags.get("dvc.exp_name", "") == t.get("dvc.exp_name", "")
-            and e.data.tags.get("git.commit") == t.get("git.commit") and e.info.start_time >= train_run.info.start_time]
+    t, rid = train_run.data.tags, train_run.info.run_id
+    same = [e for e in evals if e.data.tags.get("grpolab.train_run") == rid] or [
+        e for e in evals if "grpolab.train_run" not in e.data.tags
+        and e.data.tags.get("dvc.exp_name", "") == t.get("dvc.exp_name", "")
+        and e.data.tags.get("git.commit") == t.get("git.commit") and e.info.start_time >= train_run.info.start_time]
     if not same:
         return None
     run = min(same, key=lambda e: e.info.start_time)  # the first evaluation after this training run
