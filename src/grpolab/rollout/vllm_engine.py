@@ -33,8 +33,9 @@ Log-probs come back with `logprobs_mode="processed_logprobs"`: after temperature
 what the trainer recomputes. They are asked for the first response of each prompt (`rollout.logprobs:
 sample`; vLLM builds a Python object per returned token, which cost up to ~30% of its generation rate on
 H100 when asked for every response), or for every response (`all`, and always with tis_imp_ratio_cap),
-or for none (`none`: one seeded request of n per prompt, the form that ran at 1.02x vLLM's plain n=16
-rate on an H100 where `sample`'s ran at 0.96x, 2026-12-07d; no rollout/logprob_diff_* then). The
+or for none (`none`: one seeded request of n per prompt, the same responses; through this engine 1.015x
+and 0.974x of vLLM's plain n=16 rate on two H100s where `sample` ran at 1.031x and 0.898x, 2026-12-07e/f;
+no rollout/logprob_diff_* then). The
 checksum check covers tensor_parallel_size 1; with larger TP only the log-prob gap guards the push, and
 with larger TP and `none` nothing does.
 
