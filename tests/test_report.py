@@ -332,3 +332,9 @@ def test_provenance_names_one_step_as_a_step_and_a_range_as_steps():
     one = {"steps_done": 3, "total_steps": 3, "start": {"kind": "reused", "step": 1, "run_name": "a"}}
     assert provenance(one) == "3/3 steps: reuses step 1 of run `a`, same params and code (steps 2-3 trained by this run)"
     assert provenance({"steps_done": 1, "total_steps": 1}) == "Trained 1/1 steps (step 1 trained by this run)"
+    killed = {"steps_done": 6, "total_steps": 6, "start": {"kind": "resumed", "step": 3, "dvc_exp_name": "first"},
+              "tracking": {"dvc_exp_name": "first"}}
+    assert provenance(killed) == "Trained 6/6 steps: resumed at step 3 after an interruption (steps 4-6 trained by this run)"
+    renamed = {**killed, "tracking": {"dvc_exp_name": "second"}}  # the command again without `-n`
+    assert provenance(renamed) == ("Trained 6/6 steps: resumed at step 3 after an interruption of DVC experiment "
+                                   "`first` (steps 4-6 trained by this run)")

@@ -84,6 +84,8 @@ def test_dvc_exp_run_resumes_a_killed_experiment(tmp_path_factory, tmp_path):
     line = next(e for e in diary.splitlines() if e.startswith("- ") and run[:8] in e)
     assert "`resumed` (started as `killed`, interrupted and resumed)" in line and "done, 6/6 steps" in line, line
     assert "best held-out" in line and "not evaluated" not in line, line
+    report = next((ws / "reports").glob("*-resumed.md")).read_text()  # the report says whose run it finished
+    assert "after an interruption of DVC experiment `killed`" in report, report[:2000]
     # retention (max_ckpt_to_keep 3) kept this run's newest, and never touched the baseline's
     assert sorted(d.name for d in own.iterdir() if d.is_dir()) == [f"global_step_{s}" for s in (4, 5, 6)]
     assert any((d / "global_step_4").exists() for d in ckpts.iterdir() if d != own)

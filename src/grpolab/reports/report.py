@@ -257,8 +257,10 @@ def provenance(train: dict) -> str:
     mine = f"{span(s + 1, done)} trained by this run" if own > 0 else "0 steps trained by this run"
     if kind == "fresh" or not s:
         return f"Trained {done}/{total} steps ({mine})"
-    if kind == "resumed":
-        return f"Trained {done}/{total} steps: resumed at step {s} after an interruption ({mine})"
+    if kind == "resumed":  # `dvc exp run` again without `-n`: DVC named the experiment anew
+        was, now = start.get("dvc_exp_name", ""), (train.get("tracking") or {}).get("dvc_exp_name", "")
+        of = f" of DVC experiment `{was}`" if was and was != now else ""
+        return f"Trained {done}/{total} steps: resumed at step {s} after an interruption{of} ({mine})"
     who = f"run `{start.get('run_name') or short_id(start.get('mlflow_run_id', '?'))}`" + (
         f" (DVC experiment `{start['dvc_exp_name']}`)" if start.get("dvc_exp_name") else "")
     how = "extends" if kind == "extended" else "reuses"
