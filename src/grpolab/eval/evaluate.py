@@ -52,12 +52,17 @@ def checkpoints_root(p: Params) -> Path:
     return checkpoint.run_home(p)
 
 
+def train_summary(p: Params) -> dict | None:
+    """The train stage's summary of the run whose results are here (None before any)."""
+    summary = Path(p.trainer.output_dir) / "summary.json"
+    return json.loads(summary.read_text()) if summary.exists() else None
+
+
 def run_checkpoints(p: Params) -> list[Path]:
     """The checkpoints of the run whose results are here: those its train summary lists (the ones it
     started from and its own), never the rest of its trajectory's folder; the folder's when the
     summary predates that list."""
-    summary = Path(p.trainer.output_dir) / "summary.json"
-    listed = json.loads(summary.read_text()).get("checkpoints") if summary.exists() else None
+    listed = (train_summary(p) or {}).get("checkpoints")
     if listed is None:
         return checkpoint.list_checkpoints(checkpoints_root(p))
     return [Path(c["path"]) for c in sorted(listed, key=lambda c: -c["step"])]
@@ -65,9 +70,7 @@ def run_checkpoints(p: Params) -> list[Path]:
 
 def train_run(p: Params) -> str:
     """The MLflow run of the training whose results are here (its summary's record), '' if none."""
-    summary = Path(p.trainer.output_dir) / "summary.json"
-    return ((json.loads(summary.read_text()).get("tracking") or {}).get("mlflow_run_id") or "") \
-        if summary.exists() else ""
+    return ((train_summary(p) or {}).get("tracking") or {}).get("mlflow_run_id") or ""
 
 
 def _final_step(final: Path) -> int | None:

@@ -35,9 +35,8 @@ sample`; vLLM builds a Python object per returned token, which cost up to ~30% o
 H100 when asked for every response), or for every response (`all`, and always with tis_imp_ratio_cap),
 or for none (`none`: one seeded request of n per prompt, the same responses; through this engine 1.015x
 and 0.974x of vLLM's plain n=16 rate on two H100s where `sample` ran at 1.031x and 0.898x, 2026-12-07e/f;
-no rollout/logprob_diff_* then). The
-checksum check covers tensor_parallel_size 1; with larger TP only the log-prob gap guards the push, and
-with larger TP and `none` nothing does.
+no rollout/logprob_diff_* then). The checksum check covers tensor_parallel_size 1; with larger TP only
+the log-prob gap guards the push, and with larger TP and `none` nothing does.
 
 `rollout.kv_cache_dtype` is handed to vLLM as is: `auto` keeps keys and values in the served dtype
 (bf16), `fp8` / `fp8_e4m3` / `fp8_e5m2` store them in one byte (scales 1.0: the checkpoint has none).
