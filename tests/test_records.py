@@ -36,12 +36,18 @@ def _child(root: Path, env: dict | None = None) -> tuple[subprocess.Popen, str]:
     return proc, proc.stdout.readline().strip()
 
 
-def test_killed_run_is_marked_killed_at_the_next_start(tmp_path, capfd):
+def test_killed_run_is_marked_killed_at_the_next_start(tmp_path, capfd, monkeypatch):
+    from grpolab.records import entries
+
     dead, dead_id = _child(tmp_path)
     live, live_id = _child(tmp_path)
     try:
         os.kill(dead.pid, signal.SIGKILL)
         dead.wait()
+        monkeypatch.chdir(tmp_path)  # reports/ as a stage sees it
+        stubs = {rid: entries.write_status(_params(), {"mlflow_run_id": rid, "started": "2026-01-01",
+                                                        "dvc_exp_name": name}, "running", 3, 20)
+                 for rid, name in ((dead_id, "dead"), (live_id, "live"))}
         con = sqlite3.connect(tmp_path / "mlflow.db")
         status = dict(con.execute("select run_uuid, status from runs"))
         assert status[dead_id] == status[live_id] == "RUNNING"
@@ -52,6 +58,10 @@ def test_killed_run_is_marked_killed_at_the_next_start(tmp_path, capfd):
         tags = dict(con.execute("select key, value from tags where run_uuid=?", (dead_id,)))
         assert tags["grpolab.last_step"] == "3"
         assert f"{dead_id}" in capfd.readouterr().err
+        # the dead run's status stub says so; the live one's is left alone
+        assert "— killed at step 3/20" in stubs[dead_id].read_text() and "running" not in stubs[dead_id].read_text()
+        assert "— running, step 3/20" in stubs[live_id].read_text()
+        assert "(`dead`) — killed at step 3/20" in (tmp_path / "reports" / "index.md").read_text()
     finally:
         os.kill(live.pid, signal.SIGKILL)
         live.wait()

@@ -9,7 +9,8 @@ going (or failed), and `index.md` (newest first).
   another run with the same name gets `<name>-<run id>.md`, and the writer says so.
 - The train stage writes its entry when it starts and at every step ("running, step 3/20"), and
   "failed at step 3/20: <error>" when it stops on an error; the report stage replaces it with the
-  full report (`grpolab.reports`).
+  full report (`grpolab.reports`). A run whose process was killed is found at the next start: its
+  entry then says "killed at step 3/20" (`mark_killed`).
 """
 from __future__ import annotations
 
@@ -104,6 +105,20 @@ def write_status(p: Params, record: dict, status: str, step: int, total: int, er
     path.write_text(text + "\n")
     write_index(reports_dir)
     return path
+
+
+def mark_killed(reports_dir: Path, run_id: str) -> Path | None:
+    """A dead run's status stub ("running, step 22/30") says "killed at step 22/30" once its MLflow run
+    is marked KILLED (`grpolab.records.mlflow_runs.mark_dead_runs`): no stale "running" stays in
+    reports/ beside the diary's index, which has the status from MLflow."""
+    for f in sorted(reports_dir.glob("*.md")) if reports_dir.is_dir() else []:
+        text = f.read_text() if f.name not in SKIP_INDEX else ""
+        m = MARK_RE.search(text)
+        if STUB in text and m and m.group(1) == run_id and "running, step" in text:
+            f.write_text(text.replace("running, step", "killed at step"))
+            write_index(reports_dir)
+            return f
+    return None
 
 
 def write_index(reports_dir: Path) -> Path:

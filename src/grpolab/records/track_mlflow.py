@@ -17,6 +17,7 @@ from pathlib import Path
 from grpolab.params.guard import dvc_process
 from grpolab.records import mlflow_runs
 from grpolab.records.gitmeta import project_root
+from grpolab.records import entries
 from grpolab.records.entries import short_id
 from grpolab.records.mlflow_runs import mlflow_key, mlflow_uri
 from grpolab.records.backend import RunInfo, warn
@@ -38,7 +39,8 @@ class MlflowBackend:
         mlflow.set_tracking_uri(uri)
         self.client = client = mlflow.tracking.MlflowClient()  # one for the run's lifetime
         exp = self._experiment(mlflow)
-        mlflow_runs.mark_dead_runs(client, exp.experiment_id, warn)
+        for dead in mlflow_runs.mark_dead_runs(client, exp.experiment_id, warn):
+            entries.mark_killed(Path(run.p.tracking.reports_dir), dead)  # its stub no longer says running
         owner, self.parent = dvc_process(), ""
         if owner:  # a stage of a DVC pipeline run: a child of that run's parent
             self.parent = mlflow_runs.pipeline_parent(client, exp.experiment_id, owner,
